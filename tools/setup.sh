@@ -10,6 +10,7 @@ packages=(
   # libraries
   libabsl-dev libgrpc++-dev libgrpc-dev libprotobuf-dev libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libpcre2-dev libopenblas-dev libgoogle-glog-dev libucx-dev ucx-utils prometheus-cpp-dev
+  libicu-dev
   # scripts and checks
   python3 python3-numpy
 )

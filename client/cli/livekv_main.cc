@@ -1,0 +1,64 @@
+// The livekv command-line tool.
+//
+//   livekv demo
+//   livekv make-model --out DIR [--preset tiny] [--dtype f32] [--weights-seed 1]
+//   livekv generate --model DIR --prompt TEXT [--max-tokens 32] [--seed 0] [--temperature 0] [--top-p 1]
+//
+// Flags may be spelled with dashes or underscores (--max-tokens or --max_tokens).
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "client/cli/commands.h"
+#include "common/logging.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "livekv <command> [flags]\n"
+    "commands:\n"
+    "  demo        make the embedded tiny model (once) and generate text with it on the CPU\n"
+    "  generate    generate text from a prompt: --model DIR --prompt TEXT [--max-tokens N] [--seed S]\n"
+    "  make-model  write a model with seeded dummy weights: --out DIR [--preset tiny|small-100m|llama3-8b]\n"
+    "run `livekv --helpfull` for every flag";
+
+// absl flag names are identifiers; accept the dashed spelling users expect by rewriting "--a-b" to "--a_b".
+std::vector<std::string> NormaliseFlagNames(int argc, char** argv) {
+  std::vector<std::string> out;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if (i > 0 && a.size() > 2 && a.compare(0, 2, "--") == 0) {
+      const size_t end = std::min(a.find('='), a.size());
+      for (size_t j = 2; j < end; ++j) {
+        if (a[j] == '-') a[j] = '_';
+      }
+    }
+    out.push_back(a);
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  livekv::InitLogging(argv[0]);
+  absl::SetProgramUsageMessage(kUsage);
+  std::vector<std::string> normalised = NormaliseFlagNames(argc, argv);
+  std::vector<char*> args;
+  for (std::string& a : normalised) args.push_back(a.data());
+  std::vector<char*> positional = absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  if (positional.size() < 2) {
+    std::cerr << kUsage << "\n";
+    return 2;
+  }
+  const std::string command = positional[1];
+  const std::vector<std::string> rest(positional.begin() + 2, positional.end());
+  if (command == "generate") return livekv::cli::GenerateCommand(rest);
+  if (command == "make-model") return livekv::cli::MakeModelCommand(rest);
+  if (command == "demo") return livekv::cli::DemoCommand(rest);
+  std::cerr << "error: unknown command \"" << command << "\"\n" << kUsage << "\n";
+  return 2;
+}
