@@ -9,10 +9,12 @@
 #include "client/cli/generate_flags.h"
 #include "common/status_macros.h"
 #include "engine/cpu/cpu_backend.h"
-#include "engine/dense_kv_cache.h"
+#include "common/allocator.h"
 #include "engine/generator.h"
 #include "engine/model_files.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "kvcache/page_pool.h"
+#include "kvcache/policy_kv_context.h"
 
 ABSL_FLAG(std::string, model, "", "Model directory (Hugging Face layout: config.json, *.safetensors, tokenizer).");
 ABSL_FLAG(std::string, prompt, "", "Prompt text.");
@@ -24,8 +26,13 @@ absl::Status RunGeneration(const std::string& model_dir, const std::string& prom
   LIVEKV_ASSIGN_OR_RETURN(LoadedModel model, LoadModel(model_dir, &backend));
   LIVEKV_ASSIGN_OR_RETURN(std::vector<int32_t> ids, model.tokenizer->EncodeWithSpecials(prompt));
   if (ids.empty()) return absl::InvalidArgumentError("--prompt is empty");
-  LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<DenseKvCache> kv,
-                          DenseKvCache::Create(model.config, &backend, DType::kF32));
+  LIVEKV_ASSIGN_OR_RETURN(PolicyOptions policy, PolicyOptionsFromFlags());
+  LIVEKV_RETURN_IF_ERROR(policy.Validate(model.config.num_layers));
+  HostAllocator host;
+  const int64_t max_tokens = static_cast<int64_t>(ids.size()) + absl::GetFlag(FLAGS_max_tokens) + 1;
+  LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<PagePool> pool, CreateKvPagePool(model.config, policy, max_tokens, &host));
+  LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<PolicyKvContext> kv,
+                          PolicyKvContext::Create(model.config, policy, pool.get(), backend.pool()));
 
   GenerateOptions options;
   options.max_new_tokens = absl::GetFlag(FLAGS_max_tokens);
@@ -56,6 +63,18 @@ absl::Status RunGeneration(const std::string& model_dir, const std::string& prom
       "\n[%s] prompt %d tokens: prefill %.1f tokens/s (%.1f ms) | generated %d tokens: decode %.1f tokens/s\n",
       backend.name(), stats.prompt_tokens, stats.prefill_tokens_per_second(), stats.prefill_seconds * 1e3,
       stats.generated_tokens, stats.decode_tokens_per_second());
+  out << absl::StrFormat("policy %s, budget %d: per layer, cached tokens attended per head and step", 
+                         PolicyKindName(policy.kind), policy.budget);
+  if (policy.measure_attention_mass) out << ", attention mass covered";
+  out << ", cluster hit rate vs the previous step\n";
+  const std::vector<LayerCounters>& counters = kv->counters();
+  for (size_t l = 0; l < counters.size(); ++l) {
+    const LayerCounters& c = counters[l];
+    out << absl::StrFormat("  layer %2d: %8.1f tokens", l, c.tokens_per_head_step());
+    if (policy.measure_attention_mass) out << absl::StrFormat("  mass %.3f", c.mean_mass());
+    if (c.clusters_selected > 0) out << absl::StrFormat("  hit %.2f", c.hit_rate());
+    out << "\n";
+  }
   return absl::OkStatus();
 }
 

@@ -1,0 +1,183 @@
+#include "kvcache/policy_kv_context.h"
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_set>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace livekv {
+namespace {
+
+KvGeometry GeometryFor(const ModelConfig& config, const PolicyOptions& options) {
+  KvGeometry g;
+  g.num_layers = static_cast<int32_t>(config.num_layers);
+  g.num_kv_heads = static_cast<int32_t>(config.num_kv_heads);
+  g.layout.page_tokens = options.page_tokens;
+  g.layout.head_dim = static_cast<int32_t>(config.head_dim);
+  g.layout.dtype = options.kv_dtype;
+  g.sink_tokens = options.sink;
+  return g;
+}
+
+float LoadF32(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::kF32: return static_cast<const float*>(p)[i];
+    case DType::kBF16: return BF16ToF32(static_cast<const uint16_t*>(p)[i]);
+    default: return F16ToF32(static_cast<const uint16_t*>(p)[i]);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PagePool>> CreateKvPagePool(const ModelConfig& config, const PolicyOptions& options,
+                                                           int64_t max_tokens, Allocator* allocator) {
+  const KvGeometry g = GeometryFor(config, options);
+  LIVEKV_RETURN_IF_ERROR(g.Validate());
+  const int64_t heads = int64_t{g.num_layers} * g.num_kv_heads;
+  // Positional pages, plus one partial page per cluster (at most one cluster per page_tokens/2 tokens on
+  // average in practice), plus the sink.
+  const int64_t pages_per_head = g.layout.PagesFor(max_tokens) * 2 + g.layout.PagesFor(g.sink_tokens) + 2;
+  PagePool::Options o;
+  o.page_bytes = g.layout.page_bytes();
+  o.capacity_bytes = static_cast<size_t>(pages_per_head * heads) * o.page_bytes;
+  return PagePool::Create(allocator, o);
+}
+
+PolicyKvContext::PolicyKvContext(const ModelConfig& config, std::unique_ptr<SequenceKv> kv,
+                                 std::unique_ptr<KvPolicy> policy)
+    : config_(config),
+      kv_(std::move(kv)),
+      policy_(std::move(policy)),
+      counters_(config.num_layers),
+      previous_clusters_(static_cast<size_t>(config.num_layers) * config.num_kv_heads) {}
+
+absl::StatusOr<std::unique_ptr<PolicyKvContext>> PolicyKvContext::Create(const ModelConfig& config,
+                                                                         const PolicyOptions& options,
+                                                                         PagePool* pool, ThreadPool* threads) {
+  LIVEKV_RETURN_IF_ERROR(config.Validate());
+  if (config.sliding_window > 0 && options.kind == PolicyKind::kClusterKv) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "policy clusterkv cannot serve a sliding-window model (sliding_window = ", config.sliding_window,
+        "): clusters mix positions"));
+  }
+  LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<KvPolicy> policy,
+                          CreatePolicy(options, static_cast<int32_t>(config.num_layers),
+                                       static_cast<int32_t>(config.group_size()), threads));
+  LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<SequenceKv> kv, SequenceKv::Create(GeometryFor(config, options), pool));
+  return std::unique_ptr<PolicyKvContext>(new PolicyKvContext(config, std::move(kv), std::move(policy)));
+}
+
+absl::Status PolicyKvContext::Select(int layer, TensorView q, ContextKv* ctx) {
+  if (layer < 0 || layer >= config_.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range [0, ", config_.num_layers, ")"));
+  }
+  if (q.dtype != DType::kF32 || q.rank() != 3 || q.dim(1) != config_.num_heads || q.dim(2) != config_.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat("queries must be F32 [n, ", config_.num_heads, ", ",
+                                                   config_.head_dim, "], saw ", DTypeName(q.dtype), " ",
+                                                   ShapeToString(q.shape)));
+  }
+  if (!chunk_started_) {
+    LIVEKV_RETURN_IF_ERROR(policy_->BeginChunk(kv_.get(), q.dim(0)));
+    chunk_started_ = true;
+  }
+  const ChunkQueries queries{q.as<float>(), q.dim(0), static_cast<int32_t>(config_.num_heads),
+                             static_cast<int32_t>(config_.head_dim)};
+  LayerSelection sel;
+  LIVEKV_RETURN_IF_ERROR(policy_->Select(*kv_, layer, queries, &sel));
+  ctx->dtype = kv_->geometry().layout.dtype;
+  ctx->heads.resize(config_.num_kv_heads);
+  for (int32_t h = 0; h < config_.num_kv_heads; ++h) {
+    ctx->heads[h].clear();
+    kv_->AppendRuns(layer, h, sel.heads[h], &ctx->heads[h]);
+  }
+  if (q.dim(0) == 1) Count(layer, queries, sel);
+  return absl::OkStatus();
+}
+
+void PolicyKvContext::Count(int32_t layer, const ChunkQueries& q, const LayerSelection& sel) {
+  LayerCounters& c = counters_[layer];
+  ++c.steps;
+  const size_t token_bytes = 2 * kv_->geometry().layout.row_bytes();
+  for (int32_t h = 0; h < config_.num_kv_heads; ++h) {
+    const HeadSelection& s = sel.heads[h];
+    const int64_t tokens = kv_->SelectionTokens(layer, h, s);
+    ++c.head_steps;
+    c.tokens_selected += tokens;
+    c.bytes_selected += tokens * token_bytes;
+    std::vector<int32_t>& prev = previous_clusters_[static_cast<size_t>(layer) * config_.num_kv_heads + h];
+    if (!s.clusters.empty() && !prev.empty()) {
+      c.clusters_selected += s.clusters.size();
+      std::vector<int32_t> both;
+      std::set_intersection(s.clusters.begin(), s.clusters.end(), prev.begin(), prev.end(), std::back_inserter(both));
+      c.clusters_hit += both.size();
+    }
+    prev = s.clusters;
+    if (policy_->options().measure_attention_mass) {
+      c.attention_mass += AttentionMass(layer, h, q.Group(h, static_cast<int32_t>(config_.group_size())), s);
+      ++c.mass_samples;
+    }
+  }
+}
+
+double PolicyKvContext::AttentionMass(int32_t layer, int32_t head, const QueryGroup& q,
+                                      const HeadSelection& sel) const {
+  // Dense attention probabilities over every cached token, summed over the selected ones; mean over the group.
+  const HeadSelection all = kv_->SelectAll(layer, head);
+  std::vector<KvRun> runs;
+  kv_->AppendRuns(layer, head, all, &runs);
+  const std::vector<int64_t> positions = kv_->SelectionPositions(layer, head, all);
+  const std::vector<int64_t> chosen = kv_->SelectionPositions(layer, head, sel);
+  const std::unordered_set<int64_t> chosen_set(chosen.begin(), chosen.end());
+  if (positions.empty()) return 1.0;
+  const DType t = kv_->geometry().layout.dtype;
+  const int32_t d = q.head_dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  double total_mass = 0;
+  std::vector<double> scores(positions.size());
+  for (int32_t j = 0; j < q.count(); ++j) {
+    const float* qv = q.vec(j);
+    size_t i = 0;
+    double mx = -1e300;
+    for (const KvRun& r : runs) {
+      for (int32_t row = 0; row < r.n; ++row, ++i) {
+        double s = 0;
+        for (int32_t c = 0; c < d; ++c) s += double(qv[c]) * LoadF32(r.k, t, int64_t{row} * d + c);
+        scores[i] = s * scale;
+        mx = std::max(mx, scores[i]);
+      }
+    }
+    double sum = 0, covered = 0;
+    for (size_t k = 0; k < scores.size(); ++k) {
+      const double p = std::exp(scores[k] - mx);
+      sum += p;
+      if (chosen_set.count(positions[k])) covered += p;
+    }
+    total_mass += covered / sum;
+  }
+  return total_mass / q.count();
+}
+
+absl::Status PolicyKvContext::Append(int layer, TensorView k, TensorView v) {
+  const Shape want{k.rank() > 0 ? k.dim(0) : 0, config_.num_kv_heads, config_.head_dim};
+  if (k.shape != want || v.shape != want || k.dtype != v.dtype) {
+    return absl::InvalidArgumentError(absl::StrCat("KV append to layer ", layer, ": k ", ShapeToString(k.shape),
+                                                   " and v ", ShapeToString(v.shape), " must be ",
+                                                   ShapeToString(want)));
+  }
+  return kv_->Append(layer, k.data, v.data, k.dim(0), k.dtype);
+}
+
+absl::Status PolicyKvContext::Commit(int64_t n) {
+  chunk_started_ = false;
+  LIVEKV_RETURN_IF_ERROR(kv_->Commit(n));
+  return policy_->AfterCommit(kv_.get(), n);
+}
+
+void PolicyKvContext::Rollback() {
+  chunk_started_ = false;
+  kv_->Rollback();
+}
+
+}  // namespace livekv

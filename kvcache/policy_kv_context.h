@@ -1,0 +1,82 @@
+// File: kvcache/policy_kv_context.h
+//
+// The engine's KvContext (engine/kv_context.h) for one sequence, backed by a SequenceKv and driven by a
+// KvPolicy: the transformer asks it what each layer attends to, and it answers with the runs of the blocks the
+// policy selects. It also keeps the counters reviewers of the papers asked for.
+//
+//   HostAllocator host;
+//   auto pool = CreateKvPagePool(config, options, /*max_tokens=*/32768, &host).value();
+//   auto kv = PolicyKvContext::Create(config, options, pool.get(), ThreadPool::Default()).value();
+//   model->Forward(prompt, kv.get(), false, &logits);
+//
+// Thread-safety: one sequence, one thread at a time.
+#ifndef LIVEKV_KVCACHE_POLICY_KV_CONTEXT_H_
+#define LIVEKV_KVCACHE_POLICY_KV_CONTEXT_H_
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/allocator.h"
+#include "engine/kv_context.h"
+#include "engine/model_config.h"
+#include "kvcache/policy.h"
+#include "kvcache/sequence_kv.h"
+
+namespace livekv {
+
+// Per-layer counters, summed over decode steps (single-token chunks) and KV heads.
+struct LayerCounters {
+  int64_t steps = 0;               // decode steps seen
+  int64_t head_steps = 0;          // steps x KV heads
+  int64_t tokens_selected = 0;     // cached tokens attended
+  int64_t bytes_selected = 0;      // their K and V bytes
+  int64_t clusters_selected = 0;   // clusters attended (steps after the first with clusters)
+  int64_t clusters_hit = 0;        // of those, also selected at the previous step
+  double attention_mass = 0;       // sum over head-steps of the dense attention probability the selection covers
+  int64_t mass_samples = 0;
+
+  double hit_rate() const { return clusters_selected > 0 ? double(clusters_hit) / clusters_selected : 0; }
+  double mean_mass() const { return mass_samples > 0 ? attention_mass / mass_samples : 0; }
+  double tokens_per_head_step() const { return head_steps > 0 ? double(tokens_selected) / head_steps : 0; }
+};
+
+// A host page pool sized for `max_tokens` tokens of `config` in the policy's layout (with room for partially
+// filled cluster pages). Host memory is committed lazily, so a large max_tokens costs only address space.
+absl::StatusOr<std::unique_ptr<PagePool>> CreateKvPagePool(const ModelConfig& config, const PolicyOptions& options,
+                                                           int64_t max_tokens, Allocator* allocator);
+
+class PolicyKvContext : public KvContext {
+ public:
+  // `pool` (pages of the policy's layout) must outlive the context; `threads` may be null.
+  // INVALID_ARGUMENT for invalid options, or clusterkv with a sliding-window model (clusters have no positions).
+  static absl::StatusOr<std::unique_ptr<PolicyKvContext>> Create(const ModelConfig& config,
+                                                                 const PolicyOptions& options, PagePool* pool,
+                                                                 ThreadPool* threads);
+
+  int64_t num_tokens() const override { return kv_->num_tokens(); }
+  absl::Status Select(int layer, TensorView q, ContextKv* ctx) override;
+  absl::Status Append(int layer, TensorView k, TensorView v) override;
+  absl::Status Commit(int64_t n) override;
+  void Rollback() override;
+
+  const std::vector<LayerCounters>& counters() const { return counters_; }
+  const SequenceKv& sequence() const { return *kv_; }
+  const KvPolicy& policy() const { return *policy_; }
+
+ private:
+  PolicyKvContext(const ModelConfig& config, std::unique_ptr<SequenceKv> kv, std::unique_ptr<KvPolicy> policy);
+  void Count(int32_t layer, const ChunkQueries& q, const LayerSelection& sel);
+  double AttentionMass(int32_t layer, int32_t head, const QueryGroup& q, const HeadSelection& sel) const;
+
+  const ModelConfig config_;
+  std::unique_ptr<SequenceKv> kv_;
+  std::unique_ptr<KvPolicy> policy_;
+  bool chunk_started_ = false;
+  std::vector<LayerCounters> counters_;
+  std::vector<std::vector<int32_t>> previous_clusters_;  // [layer * kv_heads + head]
+};
+
+}  // namespace livekv
+
+#endif  // LIVEKV_KVCACHE_POLICY_KV_CONTEXT_H_
