@@ -8,6 +8,12 @@
 
 namespace livekv {
 
+absl::Status ApplyMaintenance(SequenceKv* kv, const Maintenance& m) {
+  if (!m.clusterings.empty()) LIVEKV_RETURN_IF_ERROR(kv->ApplyClustering(m.clusterings));
+  if (m.drop_pages > 0) LIVEKV_RETURN_IF_ERROR(kv->DropPages(m.drop_pages));
+  return absl::OkStatus();
+}
+
 bool KvPolicy::IsDenseLayer(int32_t layer) const {
   return std::find(options_.dense_layers.begin(), options_.dense_layers.end(), layer) != options_.dense_layers.end();
 }
@@ -56,14 +62,16 @@ class StreamingPolicy : public KvPolicy {
     }
     return absl::OkStatus();
   }
-  absl::Status AfterCommit(SequenceKv* kv, int64_t) override {
+  absl::StatusOr<Maintenance> AfterCommit(const SequenceKv& kv) override {
     // Keep whole pages overlapping the window. Every head has the same positional pages.
-    const HeadKv& head = kv->head(0, 0);
+    const HeadKv& head = kv.head(0, 0);
     const int64_t keep = options_.budget - head.sink_count();
     int64_t newer = 0;
     int32_t drop = head.num_pages();
     while (drop > 0 && newer < keep) newer += head.page(--drop).count;
-    return drop > 0 ? kv->DropPages(drop) : absl::OkStatus();
+    Maintenance m;
+    m.drop_pages = drop;
+    return m;
   }
 };
 
@@ -130,23 +138,24 @@ class ClusterKvPolicy : public SelectingPolicy {
   ClusterKvPolicy(const PolicyOptions& options, int32_t group_size, ThreadPool* threads)
       : SelectingPolicy(options, group_size), threads_(threads) {}
 
-  // At a decode step, once cluster_window tokens older than the recent window have gathered (a freshly
-  // prefilled prompt, or generated tokens), they become clusters: ceil(tokens / tokens_per_cluster) of them, at
-  // least window_clusters. Prefill chunks attend densely, so nothing is clustered during them.
-  absl::Status BeginChunk(SequenceKv* kv, int64_t rows) override {
-    if (rows != 1) return absl::OkStatus();
-    for (int32_t layer = 0; layer < kv->geometry().num_layers; ++layer) {
+  // Once cluster_window tokens older than the recent window have gathered (a freshly prefilled prompt, or
+  // generated tokens), they become clusters: ceil(tokens / tokens_per_cluster) of them, at least window_clusters.
+  absl::StatusOr<Maintenance> AtSettlePoint(const SequenceKv& kv) override {
+    Maintenance m;
+    for (int32_t layer = 0; layer < kv.geometry().num_layers; ++layer) {
       if (IsDenseLayer(layer)) continue;
-      const HeadKv& head = kv->head(layer, 0);  // every head of a layer has the same positional pages
+      const HeadKv& head = kv.head(layer, 0);  // every head of a layer has the same positional pages
       const int32_t older_pages = FirstRecentPage(head, options_);
       int64_t older = 0;
       for (int32_t p = 0; p < older_pages; ++p) older += head.page(p).count;
       if (older < options_.cluster_window) continue;
       const int32_t clusters = static_cast<int32_t>(std::max<int64_t>(
           options_.window_clusters, (older + options_.tokens_per_cluster - 1) / options_.tokens_per_cluster));
-      LIVEKV_RETURN_IF_ERROR(kv->ClusterPages(layer, older_pages, clusters, KMeansOpts(), threads_));
+      LIVEKV_ASSIGN_OR_RETURN(std::vector<HeadClustering> plan,
+                              kv.PlanClustering(layer, older_pages, clusters, KMeansOpts(), threads_));
+      for (HeadClustering& c : plan) m.clusterings.push_back(std::move(c));
     }
-    return absl::OkStatus();
+    return m;
   }
 
  protected:

@@ -44,21 +44,33 @@ struct ChunkQueries {
   }
 };
 
+// Changes a policy wants made to a sequence's blocks: clusterings of old positional pages (clusterkv) and old pages
+// to free (streaming). Planned from a read-only sequence, applied by whoever owns it (ApplyMaintenance), so the
+// prefill service can apply a plan to its local copy of a session and send the same plan to the KV store.
+struct Maintenance {
+  std::vector<HeadClustering> clusterings;
+  int32_t drop_pages = 0;
+  bool empty() const { return clusterings.empty() && drop_pages == 0; }
+};
+
+absl::Status ApplyMaintenance(SequenceKv* kv, const Maintenance& m);
+
 class KvPolicy {
  public:
   virtual ~KvPolicy() = default;
 
   const PolicyOptions& options() const { return options_; }
 
-  // Called once per chunk, before the first layer's Select, with the chunk's row count. clusterkv clusters a
-  // freshly prefilled prompt here, at the first decode step, as ClusterKV does after prefill.
-  virtual absl::Status BeginChunk(SequenceKv* kv, int64_t rows) { return absl::OkStatus(); }
-
   // Fills `out` for `layer` given the chunk's queries.
   virtual absl::Status Select(const SequenceKv& kv, int32_t layer, const ChunkQueries& q, LayerSelection* out) = 0;
 
-  // Called after a chunk of `rows` tokens is committed (decode windows are clustered, old pages dropped).
-  virtual absl::Status AfterCommit(SequenceKv* kv, int64_t rows) { return absl::OkStatus(); }
+  // Maintenance after every committed chunk (streaming frees pages that left its window).
+  virtual absl::StatusOr<Maintenance> AfterCommit(const SequenceKv& kv) { return Maintenance{}; }
+
+  // Maintenance at a settle point: the end of an input (a prompt, a document) or the start of a decode step.
+  // clusterkv clusters the tokens older than the recent window here once cluster_window of them have gathered:
+  // a freshly prefilled prompt as ClusterKV does after prefill, and each batch of generated tokens.
+  virtual absl::StatusOr<Maintenance> AtSettlePoint(const SequenceKv& kv) { return Maintenance{}; }
 
  protected:
   explicit KvPolicy(const PolicyOptions& options) : options_(options) {}

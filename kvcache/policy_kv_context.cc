@@ -1,6 +1,7 @@
 #include "kvcache/policy_kv_context.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <unordered_set>
 
@@ -79,7 +80,8 @@ absl::Status PolicyKvContext::Select(int layer, TensorView q, ContextKv* ctx) {
                                                    ShapeToString(q.shape)));
   }
   if (!chunk_started_) {
-    LIVEKV_RETURN_IF_ERROR(policy_->BeginChunk(kv_.get(), q.dim(0)));
+    // A decode step is a settle point.
+    if (q.dim(0) == 1) LIVEKV_RETURN_IF_ERROR(Maintain(policy_->AtSettlePoint(*kv_)));
     chunk_started_ = true;
   }
   const ChunkQueries queries{q.as<float>(), q.dim(0), static_cast<int32_t>(config_.num_heads),
@@ -172,7 +174,20 @@ absl::Status PolicyKvContext::Append(int layer, TensorView k, TensorView v) {
 absl::Status PolicyKvContext::Commit(int64_t n) {
   chunk_started_ = false;
   LIVEKV_RETURN_IF_ERROR(kv_->Commit(n));
-  return policy_->AfterCommit(kv_.get(), n);
+  return Maintain(policy_->AfterCommit(*kv_));
+}
+
+absl::Status PolicyKvContext::FinishAppend() {
+  if (chunk_started_) return absl::FailedPreconditionError("FinishAppend in the middle of a chunk");
+  return Maintain(policy_->AtSettlePoint(*kv_));
+}
+
+absl::Status PolicyKvContext::Maintain(const absl::StatusOr<Maintenance>& plan) {
+  const auto t0 = std::chrono::steady_clock::now();
+  LIVEKV_RETURN_IF_ERROR(plan.status());
+  absl::Status s = ApplyMaintenance(kv_.get(), *plan);
+  maintenance_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return s;
 }
 
 void PolicyKvContext::Rollback() {

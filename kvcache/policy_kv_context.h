@@ -60,19 +60,27 @@ class PolicyKvContext : public KvContext {
   absl::Status Commit(int64_t n) override;
   void Rollback() override;
 
+  // The committed tokens form a complete input (a prompt, a document): the policy may reorganise them now
+  // (clusterkv clusters what is older than the recent window) instead of at the next decode step.
+  absl::Status FinishAppend();
+
   const std::vector<LayerCounters>& counters() const { return counters_; }
+  // Wall time spent maintaining the cache's blocks (clustering, dropping) rather than selecting.
+  double maintenance_seconds() const { return maintenance_seconds_; }
   const SequenceKv& sequence() const { return *kv_; }
   const KvPolicy& policy() const { return *policy_; }
 
  private:
   PolicyKvContext(const ModelConfig& config, std::unique_ptr<SequenceKv> kv, std::unique_ptr<KvPolicy> policy);
   void Count(int32_t layer, const ChunkQueries& q, const LayerSelection& sel);
+  absl::Status Maintain(const absl::StatusOr<Maintenance>& plan);
   double AttentionMass(int32_t layer, int32_t head, const QueryGroup& q, const HeadSelection& sel) const;
 
   const ModelConfig config_;
   std::unique_ptr<SequenceKv> kv_;
   std::unique_ptr<KvPolicy> policy_;
   bool chunk_started_ = false;
+  double maintenance_seconds_ = 0;
   std::vector<LayerCounters> counters_;
   std::vector<std::vector<int32_t>> previous_clusters_;  // [layer * kv_heads + head]
 };

@@ -107,7 +107,9 @@ PolicyOptions Options(PolicyKind kind, int32_t budget) {
 }
 
 std::vector<int64_t> SelectPositions(SequenceKv* kv, KvPolicy* policy, const std::vector<float>& q) {
-  EXPECT_TRUE(policy->BeginChunk(kv, 1).ok());
+  auto plan = policy->AtSettlePoint(*kv);
+  EXPECT_TRUE(plan.ok());
+  EXPECT_TRUE(ApplyMaintenance(kv, *plan).ok());
   const ChunkQueries chunk{q.data(), 1, kGroup, kDim};
   LayerSelection sel;
   EXPECT_TRUE(policy->Select(*kv, 0, chunk, &sel).ok());

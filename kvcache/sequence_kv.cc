@@ -217,6 +217,15 @@ void SequenceKv::Summarise(HeadKv& head, int32_t page_index) {
 
 absl::Status SequenceKv::ClusterPages(int32_t layer, int32_t num_pages, int32_t num_clusters,
                                       const KMeansOptions& kmeans, ThreadPool* threads) {
+  LIVEKV_ASSIGN_OR_RETURN(std::vector<HeadClustering> plan,
+                          PlanClustering(layer, num_pages, num_clusters, kmeans, threads));
+  return ApplyClustering(plan);
+}
+
+absl::StatusOr<std::vector<HeadClustering>> SequenceKv::PlanClustering(int32_t layer, int32_t num_pages,
+                                                                       int32_t num_clusters,
+                                                                       const KMeansOptions& kmeans,
+                                                                       ThreadPool* threads) const {
   if (layer < 0 || layer >= geometry_.num_layers) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range"));
   }
@@ -231,87 +240,172 @@ absl::Status SequenceKv::ClusterPages(int32_t layer, int32_t num_pages, int32_t 
                                                      heads_[Index(layer, h)].num_pages()));
     }
   }
-  if (num_pages == 0) return absl::OkStatus();
-  std::vector<absl::Status> status(heads);
+  std::vector<absl::StatusOr<HeadClustering>> plans(heads, absl::UnknownError("not planned"));
   auto work = [&](int64_t b, int64_t e) {
-    for (int64_t h = b; h < e; ++h) status[h] = ClusterHead(heads_[Index(layer, h)], num_pages, num_clusters, kmeans);
+    for (int64_t h = b; h < e; ++h) plans[h] = PlanHead(layer, static_cast<int32_t>(h), num_pages, num_clusters, kmeans);
   };
   if (threads != nullptr) {
     threads->ParallelFor(heads, work);
   } else {
     work(0, heads);
   }
-  for (const absl::Status& s : status) LIVEKV_RETURN_IF_ERROR(s);
-  return absl::OkStatus();
+  std::vector<HeadClustering> out;
+  for (auto& p : plans) {
+    LIVEKV_RETURN_IF_ERROR(p.status());
+    out.push_back(std::move(*p));
+  }
+  return out;
 }
 
-absl::Status SequenceKv::ClusterHead(HeadKv& head, int32_t num_pages, int32_t num_clusters,
-                                     const KMeansOptions& kmeans) {
+absl::StatusOr<HeadClustering> SequenceKv::PlanHead(int32_t layer, int32_t h, int32_t num_pages, int32_t num_clusters,
+                                                    const KMeansOptions& kmeans) const {
+  const HeadKv& head = heads_[Index(layer, h)];
   const PageLayout& L = geometry_.layout;
   const int64_t d = L.head_dim;
-  // Gather the pages' keys as fp32, with their positions and where each row lives.
+  HeadClustering plan;
+  plan.layer = layer;
+  plan.kv_head = h;
+  plan.num_pages = num_pages;
   int64_t n = 0;
   for (int32_t p = 0; p < num_pages; ++p) n += head.pages_[p].count;
+  if (n == 0) return plan;
   std::vector<float> keys(n * d);
-  std::vector<int64_t> positions(n);
-  std::vector<const uint8_t*> row_page(n);
-  std::vector<int32_t> row_index(n);
+  std::vector<int32_t> positions(n);
   int64_t i = 0;
   for (int32_t p = 0; p < num_pages; ++p) {
     const HeadKv::Page& page = head.pages_[p];
     const uint8_t* addr = PageAddress(page.pool_page);
     for (int32_t r = 0; r < page.count; ++r, ++i) {
       ConvertRow(L.KRow(addr, r), L.dtype, &keys[i * d], DType::kF32, d);
-      positions[i] = page.first_position + r;
-      row_page[i] = addr;
-      row_index[i] = r;
+      positions[i] = static_cast<int32_t>(page.first_position + r);
     }
   }
-  std::vector<HeadKv::Cluster> made;
-  std::vector<float> made_centroids;
-  std::vector<int32_t> made_sizes;
-  if (n > 0) {
-    KMeansOptions opts = kmeans;
-    opts.num_clusters = static_cast<int32_t>(std::min<int64_t>(std::max(1, num_clusters), n));
-    LIVEKV_ASSIGN_OR_RETURN(KMeansResult km, KMeans(keys.data(), n, static_cast<int32_t>(d), opts));
-    // Members of each cluster in position order, so a cluster's run is ordered like the sequence.
-    std::vector<std::vector<int64_t>> members(opts.num_clusters);
-    for (int64_t t = 0; t < n; ++t) members[km.labels[t]].push_back(t);
-    for (int32_t c = 0; c < opts.num_clusters; ++c) {
-      if (members[c].empty()) continue;
+  KMeansOptions opts = kmeans;
+  opts.num_clusters = static_cast<int32_t>(std::min<int64_t>(std::max(1, num_clusters), n));
+  LIVEKV_ASSIGN_OR_RETURN(KMeansResult km, KMeans(keys.data(), n, static_cast<int32_t>(d), opts));
+  // Members of each cluster in position order, so a cluster's run is ordered like the sequence.
+  std::vector<ClusterSpec> clusters(opts.num_clusters);
+  for (int64_t t = 0; t < n; ++t) clusters[km.labels[t]].positions.push_back(positions[t]);
+  for (int32_t c = 0; c < opts.num_clusters; ++c) {
+    if (clusters[c].positions.empty()) continue;
+    clusters[c].centroid.assign(km.centroids.begin() + c * d, km.centroids.begin() + (c + 1) * d);
+    plan.clusters.push_back(std::move(clusters[c]));
+  }
+  return plan;
+}
+
+absl::Status SequenceKv::ValidateClustering(const HeadClustering& c) const {
+  if (c.layer < 0 || c.layer >= geometry_.num_layers || c.kv_head < 0 || c.kv_head >= geometry_.num_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("clustering names layer ", c.layer, " head ", c.kv_head,
+                                                   ", outside the session's geometry"));
+  }
+  const HeadKv& head = heads_[Index(c.layer, c.kv_head)];
+  if (c.num_pages < 0 || c.num_pages > head.num_pages()) {
+    return absl::InvalidArgumentError(absl::StrCat("clustering of layer ", c.layer, " head ", c.kv_head, " consumes ",
+                                                   c.num_pages, " pages; the head has ", head.num_pages()));
+  }
+  if (pending_[c.layer] != 0) return absl::FailedPreconditionError("cannot cluster a layer with uncommitted rows");
+  // The clusters' positions must be a permutation of the pages' tokens.
+  int64_t begin = 0, end = 0, n = 0;
+  if (c.num_pages > 0) {
+    begin = head.pages_[0].first_position;
+    end = head.pages_[c.num_pages - 1].first_position + head.pages_[c.num_pages - 1].count;
+    for (int32_t p = 0; p < c.num_pages; ++p) n += head.pages_[p].count;
+  }
+  std::vector<bool> seen(end - begin, false);
+  int64_t total = 0;
+  for (size_t k = 0; k < c.clusters.size(); ++k) {
+    const ClusterSpec& spec = c.clusters[k];
+    if (spec.positions.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", c.layer, " head ", c.kv_head, ": cluster ", k,
+                                                     " is empty"));
+    }
+    if (static_cast<int64_t>(spec.centroid.size()) != geometry_.layout.head_dim) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", c.layer, " head ", c.kv_head, ": cluster ", k,
+                                                     " centroid has ", spec.centroid.size(), " values, head_dim is ",
+                                                     geometry_.layout.head_dim));
+    }
+    for (int32_t p : spec.positions) {
+      if (p < begin || p >= end || seen[p - begin]) {
+        return absl::InvalidArgumentError(absl::StrCat("layer ", c.layer, " head ", c.kv_head, ": cluster ", k,
+                                                       " lists position ", p, ", which is not an unassigned token of ",
+                                                       "the clustered pages [", begin, ", ", end, ")"));
+      }
+      seen[p - begin] = true;
+      ++total;
+    }
+  }
+  if (total != n) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", c.layer, " head ", c.kv_head, ": clusters hold ", total,
+                                                   " tokens, the pages hold ", n));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SequenceKv::ApplyClustering(const std::vector<HeadClustering>& clusterings) {
+  for (const HeadClustering& c : clusterings) LIVEKV_RETURN_IF_ERROR(ValidateClustering(c));
+  // Heads of one layer must keep identical positional pages (policies read one head per layer).
+  for (const HeadClustering& c : clusterings) {
+    for (const HeadClustering& o : clusterings) {
+      if (o.layer == c.layer && o.num_pages != c.num_pages) {
+        return absl::InvalidArgumentError(absl::StrCat("layer ", c.layer, ": heads clustered over different page ",
+                                                       "counts (", c.num_pages, " and ", o.num_pages, ")"));
+      }
+    }
+  }
+  const PageLayout& L = geometry_.layout;
+  // Allocate every run first, so a full pool changes nothing.
+  std::vector<std::vector<HeadKv::Cluster>> made(clusterings.size());
+  for (size_t i = 0; i < clusterings.size(); ++i) {
+    for (const ClusterSpec& spec : clusterings[i].clusters) {
       HeadKv::Cluster cluster;
-      cluster.num_tokens = static_cast<int32_t>(members[c].size());
-      absl::Status s = AllocateRun(static_cast<uint32_t>(L.PagesFor(cluster.num_tokens)), &cluster.key,
-                                   &cluster.first_page);
+      cluster.num_tokens = static_cast<int32_t>(spec.positions.size());
+      cluster.positions = spec.positions;
+      absl::Status s = AllocateRun(RunPages(cluster), &cluster.key, &cluster.first_page);
       if (!s.ok()) {
-        for (const HeadKv::Cluster& m : made) FreeRun(m.key, RunPages(m));
+        for (const auto& list : made) {
+          for (const HeadKv::Cluster& m : list) FreeRun(m.key, RunPages(m));
+        }
         return s;
       }
-      uint8_t* run = PageAddress(cluster.first_page);
-      for (int32_t j = 0; j < cluster.num_tokens; ++j) {
-        const int64_t t = members[c][j];
-        uint8_t* page = run + (j / L.page_tokens) * L.page_bytes();
-        std::memcpy(L.KRow(page, j % L.page_tokens), L.KRow(row_page[t], row_index[t]), L.row_bytes());
-        std::memcpy(L.VRow(page, j % L.page_tokens), L.VRow(row_page[t], row_index[t]), L.row_bytes());
-        cluster.positions.push_back(static_cast<int32_t>(positions[t]));
-      }
-      made_centroids.insert(made_centroids.end(), km.centroids.begin() + c * d, km.centroids.begin() + (c + 1) * d);
-      made_sizes.push_back(cluster.num_tokens);
-      made.push_back(std::move(cluster));
+      made[i].push_back(std::move(cluster));
     }
   }
-  // Commit: the clusters replace the pages.
-  for (HeadKv::Cluster& c : made) head.clusters_.push_back(std::move(c));
-  head.centroids_.insert(head.centroids_.end(), made_centroids.begin(), made_centroids.end());
-  head.cluster_sizes_.insert(head.cluster_sizes_.end(), made_sizes.begin(), made_sizes.end());
-  head.clustered_tokens_ += n;
-  for (int32_t p = 0; p < num_pages; ++p) FreeRun(head.pages_[p].key, 1);
-  head.pages_.erase(head.pages_.begin(), head.pages_.begin() + num_pages);
-  const int32_t summarised = std::min(num_pages, head.num_complete_pages());
-  head.page_hi_.erase(head.page_hi_.begin(), head.page_hi_.begin() + summarised * d);
-  head.page_lo_.erase(head.page_lo_.begin(), head.page_lo_.begin() + summarised * d);
-  const size_t idx = &head - heads_.data();
-  pages_before_[idx] = head.num_pages();
+  for (size_t i = 0; i < clusterings.size(); ++i) {
+    const HeadClustering& c = clusterings[i];
+    HeadKv& head = MutableHead(c.layer, c.kv_head);
+    if (c.num_pages == 0) continue;
+    const int64_t begin = head.pages_[0].first_position;
+    const int64_t d = L.head_dim;
+    // Where each position's row lives: positional pages are consecutive and all but the last complete.
+    auto row_of = [&](int32_t pos, const uint8_t** page, int32_t* row) {
+      const int64_t p = (pos - begin) / L.page_tokens;
+      *page = PageAddress(head.pages_[p].pool_page);
+      *row = static_cast<int32_t>(pos - head.pages_[p].first_position);
+    };
+    for (size_t k = 0; k < made[i].size(); ++k) {
+      HeadKv::Cluster& cluster = made[i][k];
+      uint8_t* run = PageAddress(cluster.first_page);
+      for (int32_t j = 0; j < cluster.num_tokens; ++j) {
+        const uint8_t* src;
+        int32_t row;
+        row_of(cluster.positions[j], &src, &row);
+        uint8_t* page = run + (j / L.page_tokens) * L.page_bytes();
+        std::memcpy(L.KRow(page, j % L.page_tokens), L.KRow(src, row), L.row_bytes());
+        std::memcpy(L.VRow(page, j % L.page_tokens), L.VRow(src, row), L.row_bytes());
+      }
+      head.centroids_.insert(head.centroids_.end(), c.clusters[k].centroid.begin(), c.clusters[k].centroid.end());
+      head.cluster_sizes_.push_back(cluster.num_tokens);
+      head.clustered_tokens_ += cluster.num_tokens;
+      head.clusters_.push_back(std::move(cluster));
+    }
+    for (int32_t p = 0; p < c.num_pages; ++p) FreeRun(head.pages_[p].key, 1);
+    head.pages_.erase(head.pages_.begin(), head.pages_.begin() + c.num_pages);
+    const int32_t summarised = std::min(c.num_pages, head.num_complete_pages());
+    head.page_hi_.erase(head.page_hi_.begin(), head.page_hi_.begin() + summarised * d);
+    head.page_lo_.erase(head.page_lo_.begin(), head.page_lo_.begin() + summarised * d);
+    pages_before_[Index(c.layer, c.kv_head)] = head.num_pages();
+  }
   return absl::OkStatus();
 }
 
@@ -399,5 +493,145 @@ std::vector<int64_t> SequenceKv::SelectionPositions(int32_t layer, int32_t kv_he
 }
 
 size_t SequenceKv::pool_bytes() const { return pool_bytes_.load(); }
+
+}  // namespace livekv
+
+namespace livekv {
+
+absl::StatusOr<absl::Span<uint8_t>> SequenceKv::BlockBytes(int32_t layer, int32_t kv_head,
+                                                          const BlockRef& block) const {
+  if (layer < 0 || layer >= geometry_.num_layers || kv_head < 0 || kv_head >= geometry_.num_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("block of layer ", layer, " head ", kv_head,
+                                                   " is outside the geometry"));
+  }
+  const HeadKv& head = heads_[Index(layer, kv_head)];
+  const PageLayout& L = geometry_.layout;
+  switch (block.kind) {
+    case BlockRef::Kind::kSink:
+      if (head.sink_key_ == 0) return absl::NotFoundError("the sequence has no sink");
+      return absl::Span<uint8_t>(PageAddress(head.sink_page_), L.PagesFor(geometry_.sink_tokens) * L.page_bytes());
+    case BlockRef::Kind::kCluster: {
+      if (block.index < 0 || block.index >= head.num_clusters()) {
+        return absl::NotFoundError(absl::StrCat("layer ", layer, " head ", kv_head, " has no cluster ", block.index,
+                                                " (it has ", head.num_clusters(), ")"));
+      }
+      const HeadKv::Cluster& c = head.clusters_[block.index];
+      return absl::Span<uint8_t>(PageAddress(c.first_page), RunPages(c) * L.page_bytes());
+    }
+    case BlockRef::Kind::kPage: {
+      auto it = std::lower_bound(head.pages_.begin(), head.pages_.end(), block.first_position,
+                                 [](const HeadKv::Page& p, int64_t pos) { return p.first_position < pos; });
+      if (it == head.pages_.end() || it->first_position != block.first_position) {
+        return absl::NotFoundError(absl::StrCat("layer ", layer, " head ", kv_head, " has no page at position ",
+                                                block.first_position));
+      }
+      return absl::Span<uint8_t>(PageAddress(it->pool_page), L.page_bytes());
+    }
+  }
+  return absl::InvalidArgumentError("unknown block kind");
+}
+
+std::vector<BlockRef> SequenceKv::SelectedBlocks(int32_t layer, int32_t kv_head, const HeadSelection& s) const {
+  const HeadKv& head = heads_[Index(layer, kv_head)];
+  std::vector<BlockRef> out;
+  if (s.sink && head.sink_count_ > 0) out.push_back({BlockRef::Kind::kSink, 0, 0});
+  for (int32_t c : s.clusters) out.push_back({BlockRef::Kind::kCluster, c, 0});
+  for (const PageRows& pr : s.pages) out.push_back({BlockRef::Kind::kPage, pr.page, head.pages_[pr.page].first_position});
+  return out;
+}
+
+absl::Status SequenceKv::ImportSink(int32_t layer, int32_t kv_head, int32_t count, const uint8_t* bytes) {
+  if (layer < 0 || layer >= geometry_.num_layers || kv_head < 0 || kv_head >= geometry_.num_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("import into layer ", layer, " head ", kv_head));
+  }
+  if (count < 0 || count > geometry_.sink_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("sink of ", count, " tokens; the sink holds at most ",
+                                                   geometry_.sink_tokens));
+  }
+  HeadKv& head = MutableHead(layer, kv_head);
+  head.sink_count_ = count;
+  if (bytes != nullptr && count > 0) {
+    std::memcpy(PageAddress(head.sink_page_), bytes,
+                geometry_.layout.PagesFor(geometry_.sink_tokens) * geometry_.layout.page_bytes());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SequenceKv::ImportCluster(int32_t layer, int32_t kv_head, std::vector<int32_t> positions,
+                                       absl::Span<const float> centroid, const uint8_t* bytes) {
+  if (layer < 0 || layer >= geometry_.num_layers || kv_head < 0 || kv_head >= geometry_.num_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("import into layer ", layer, " head ", kv_head));
+  }
+  if (positions.empty()) return absl::InvalidArgumentError("an imported cluster has no tokens");
+  if (static_cast<int32_t>(centroid.size()) != geometry_.layout.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat("imported centroid has ", centroid.size(), " values, head_dim is ",
+                                                   geometry_.layout.head_dim));
+  }
+  HeadKv& head = MutableHead(layer, kv_head);
+  HeadKv::Cluster cluster;
+  cluster.num_tokens = static_cast<int32_t>(positions.size());
+  cluster.positions = std::move(positions);
+  LIVEKV_RETURN_IF_ERROR(AllocateRun(RunPages(cluster), &cluster.key, &cluster.first_page));
+  if (bytes != nullptr) std::memcpy(PageAddress(cluster.first_page), bytes, RunPages(cluster) * pool_->page_bytes());
+  head.centroids_.insert(head.centroids_.end(), centroid.begin(), centroid.end());
+  head.cluster_sizes_.push_back(cluster.num_tokens);
+  head.clustered_tokens_ += cluster.num_tokens;
+  head.clusters_.push_back(std::move(cluster));
+  return absl::OkStatus();
+}
+
+absl::Status SequenceKv::ImportPage(int32_t layer, int32_t kv_head, int64_t first_position, int32_t count,
+                                    const float* hi, const float* lo, const uint8_t* bytes) {
+  if (layer < 0 || layer >= geometry_.num_layers || kv_head < 0 || kv_head >= geometry_.num_kv_heads) {
+    return absl::InvalidArgumentError(absl::StrCat("import into layer ", layer, " head ", kv_head));
+  }
+  const PageLayout& L = geometry_.layout;
+  HeadKv& head = MutableHead(layer, kv_head);
+  if (count <= 0 || count > L.page_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("imported page holds ", count, " tokens; pages hold 1 to ",
+                                                   L.page_tokens));
+  }
+  if (!head.pages_.empty()) {
+    const HeadKv::Page& last = head.pages_.back();
+    if (last.count != L.page_tokens || last.first_position + last.count != first_position) {
+      return absl::InvalidArgumentError(absl::StrCat("imported page at position ", first_position,
+                                                     " does not follow a complete page ending at ",
+                                                     last.first_position + last.count));
+    }
+  }
+  HeadKv::Page page;
+  page.first_position = first_position;
+  page.count = count;
+  LIVEKV_RETURN_IF_ERROR(AllocateRun(1, &page.key, &page.pool_page));
+  if (bytes != nullptr) std::memcpy(PageAddress(page.pool_page), bytes, L.page_bytes());
+  head.pages_.push_back(page);
+  if (count == L.page_tokens) {
+    if (bytes != nullptr) {
+      Summarise(head, head.num_pages() - 1);
+    } else if (hi != nullptr && lo != nullptr) {
+      head.page_hi_.insert(head.page_hi_.end(), hi, hi + L.head_dim);
+      head.page_lo_.insert(head.page_lo_.end(), lo, lo + L.head_dim);
+    } else {
+      return absl::InvalidArgumentError("a complete page imported without bytes needs its key bounds");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SequenceKv::FinishImport(int64_t num_tokens) {
+  for (int32_t l = 0; l < geometry_.num_layers; ++l) {
+    for (int32_t h = 0; h < geometry_.num_kv_heads; ++h) {
+      const HeadKv& head = heads_[Index(l, h)];
+      const int64_t held = head.sink_count_ + head.clustered_tokens_ + head.positional_tokens();
+      if (held != num_tokens) {
+        return absl::InvalidArgumentError(absl::StrCat("imported layer ", l, " head ", h, " holds ", held,
+                                                       " tokens, the sequence has ", num_tokens));
+      }
+    }
+  }
+  committed_ = num_tokens;
+  for (size_t i = 0; i < heads_.size(); ++i) pages_before_[i] = heads_[i].num_pages();
+  return absl::OkStatus();
+}
 
 }  // namespace livekv

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "engine/kv_run.h"
 #include "kvcache/kmeans.h"
 #include "kvcache/page_layout.h"
@@ -49,6 +50,29 @@ struct PageRows {
   int32_t page = 0;
   int32_t begin = 0;
   int32_t end = 0;
+};
+
+// A clustering of the oldest positional pages of one (layer, KV head): which tokens (by position) form each new
+// cluster, in storage order, and its centroid. Computed by PlanClustering (or by another process: the prefill
+// service plans, the KV store applies).
+struct ClusterSpec {
+  std::vector<int32_t> positions;
+  std::vector<float> centroid;  // [head_dim]
+};
+struct HeadClustering {
+  int32_t layer = 0;
+  int32_t kv_head = 0;
+  int32_t num_pages = 0;  // the oldest positional pages it replaces
+  std::vector<ClusterSpec> clusters;
+};
+
+// One block of a (layer, KV head): the sink, cluster `index`, or the positional page starting at
+// `first_position` (pages are named by position because clustering renumbers them).
+struct BlockRef {
+  enum class Kind : uint8_t { kSink, kCluster, kPage };
+  Kind kind = Kind::kSink;
+  int32_t index = 0;
+  int64_t first_position = 0;
 };
 
 // The blocks one KV head attends to.
@@ -127,9 +151,17 @@ class SequenceKv {
 
   // Replaces the oldest `num_pages` positional pages of every KV head of `layer` (all committed; the last may be
   // partial) by `num_clusters` k-means clusters of their keys (fewer when there are fewer tokens; empty clusters
-  // are dropped). Heads are clustered in parallel on `pool` when given.
+  // are dropped). Heads are clustered in parallel on `threads` when given. Equivalent to PlanClustering followed
+  // by ApplyClustering.
   absl::Status ClusterPages(int32_t layer, int32_t num_pages, int32_t num_clusters, const KMeansOptions& kmeans,
                             ThreadPool* threads);
+  // Computes that clustering for every head of `layer` without changing the sequence.
+  absl::StatusOr<std::vector<HeadClustering>> PlanClustering(int32_t layer, int32_t num_pages, int32_t num_clusters,
+                                                             const KMeansOptions& kmeans, ThreadPool* threads) const;
+  // Applies clusterings: each one's positions must be exactly the tokens of its pages (INVALID_ARGUMENT naming the
+  // head otherwise), and the heads of one layer must be clustered alike. Rows move byte for byte. All or nothing:
+  // RESOURCE_EXHAUSTED when the pool cannot hold the new runs, and then nothing changed.
+  absl::Status ApplyClustering(const std::vector<HeadClustering>& clusterings);
   // Frees the oldest `num_pages` positional pages of every head of every layer (streaming's drop).
   absl::Status DropPages(int32_t num_pages);
 
@@ -145,6 +177,26 @@ class SequenceKv {
   // Bytes of pool pages the sequence holds.
   size_t pool_bytes() const;
 
+  // The run of pages holding a block (K then V rows per page, as stored), for copying it out or, in a mirror,
+  // filling it in. NOT_FOUND naming the block when it does not exist (an unknown cluster, or a page clustered or
+  // dropped since). Valid until the block is clustered, dropped, or the sequence destroyed.
+  absl::StatusOr<absl::Span<uint8_t>> BlockBytes(int32_t layer, int32_t kv_head, const BlockRef& block) const;
+  // Blocks that a selection covers, in AppendRuns order.
+  std::vector<BlockRef> SelectedBlocks(int32_t layer, int32_t kv_head, const HeadSelection& selection) const;
+
+  // Rebuilding a sequence from another one's blocks (the services' local mirrors of a session). On an empty,
+  // freshly created sequence: import every head's blocks in order (sink, clusters, pages oldest first), then
+  // FinishImport. `bytes` may be null to reserve the block's pages without filling them (a mirror that recalls
+  // blocks lazily); then page bounds come from `hi`/`lo` (complete pages only; null for a partial page).
+  absl::Status ImportSink(int32_t layer, int32_t kv_head, int32_t count, const uint8_t* bytes);
+  absl::Status ImportCluster(int32_t layer, int32_t kv_head, std::vector<int32_t> positions,
+                             absl::Span<const float> centroid, const uint8_t* bytes);
+  absl::Status ImportPage(int32_t layer, int32_t kv_head, int64_t first_position, int32_t count, const float* hi,
+                          const float* lo, const uint8_t* bytes);
+  // Declares the imported sequence complete with `num_tokens` tokens. INVALID_ARGUMENT when a head's blocks do
+  // not account for exactly that many tokens.
+  absl::Status FinishImport(int64_t num_tokens);
+
  private:
   SequenceKv(const KvGeometry& geometry, PagePool* pool);
   size_t Index(int32_t layer, int32_t h) const { return static_cast<size_t>(layer) * geometry_.num_kv_heads + h; }
@@ -155,7 +207,10 @@ class SequenceKv {
     return static_cast<uint32_t>(geometry_.layout.PagesFor(c.num_tokens));
   }
   void Summarise(HeadKv& head, int32_t page_index);
-  absl::Status ClusterHead(HeadKv& head, int32_t num_pages, int32_t num_clusters, const KMeansOptions& kmeans);
+  absl::StatusOr<HeadClustering> PlanHead(int32_t layer, int32_t h, int32_t num_pages, int32_t num_clusters,
+                                          const KMeansOptions& kmeans) const;
+  absl::Status ValidateClustering(const HeadClustering& c) const;
+  HeadKv& MutableHead(int32_t layer, int32_t h) { return heads_[Index(layer, h)]; }
 
   const KvGeometry geometry_;
   PagePool* const pool_;

@@ -221,6 +221,87 @@ TEST_F(SequenceKvTest, PoolExhaustionIsResourceExhaustedAndLeavesTheLayerUnchang
   for (int h = 0; h < 3; ++h) ExpectAllTokensExact(0, h);
 }
 
+TEST_F(SequenceKvTest, ApplyClusteringRejectsPlansThatDoNotCoverThePagesExactly) {
+  Make(4, 2, DType::kF32);
+  ASSERT_TRUE(AppendTokens(30).ok());
+  auto plan = seq_->PlanClustering(0, 4, 3, KMeansOptions{}, nullptr);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const size_t used = pool_->stats().used_bytes;
+  std::vector<HeadClustering> missing = *plan;
+  missing[1].clusters[0].positions.pop_back();
+  absl::Status s = seq_->ApplyClustering(missing);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("head 1"));
+  std::vector<HeadClustering> twice = *plan;
+  twice[0].clusters[0].positions.push_back(twice[0].clusters[0].positions[0]);
+  EXPECT_THAT(std::string(seq_->ApplyClustering(twice).message()), HasSubstr("not an unassigned token"));
+  std::vector<HeadClustering> foreign = *plan;
+  foreign[2].clusters[0].positions[0] = 29;  // a token of a page that is not being clustered
+  EXPECT_EQ(seq_->ApplyClustering(foreign).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(pool_->stats().used_bytes, used);
+  for (int h = 0; h < 3; ++h) EXPECT_EQ(seq_->head(0, h).num_clusters(), 0);
+  ASSERT_TRUE(seq_->ApplyClustering(*plan).ok());
+  for (int h = 0; h < 3; ++h) ExpectAllTokensExact(0, h);
+}
+
+TEST_F(SequenceKvTest, MirrorsRebuiltFromBlocksAreByteIdentical) {
+  Make(4, 2, DType::kBF16);
+  ASSERT_TRUE(AppendTokens(45).ok());
+  ASSERT_TRUE(seq_->ClusterPages(1, 6, 4, KMeansOptions{}, nullptr).ok());
+  for (bool lazy : {false, true}) {
+    auto mirror = SequenceKv::Create(g_, pool_.get()).value();
+    for (int l = 0; l < 2; ++l) {
+      for (int h = 0; h < 3; ++h) {
+        const HeadKv& src = seq_->head(l, h);
+        auto bytes = [&](const BlockRef& b) { return lazy ? nullptr : seq_->BlockBytes(l, h, b).value().data(); };
+        ASSERT_TRUE(mirror->ImportSink(l, h, src.sink_count(), bytes({BlockRef::Kind::kSink, 0, 0})).ok());
+        for (int c = 0; c < src.num_clusters(); ++c) {
+          ASSERT_TRUE(mirror
+                          ->ImportCluster(l, h, src.cluster(c).positions,
+                                          absl::MakeConstSpan(src.centroids() + c * 8, 8),
+                                          bytes({BlockRef::Kind::kCluster, c, 0}))
+                          .ok());
+        }
+        for (int p = 0; p < src.num_pages(); ++p) {
+          const bool complete = p < src.num_complete_pages();
+          ASSERT_TRUE(mirror
+                          ->ImportPage(l, h, src.page(p).first_position, src.page(p).count,
+                                       complete ? src.page_hi() + p * 8 : nullptr,
+                                       complete ? src.page_lo() + p * 8 : nullptr,
+                                       bytes({BlockRef::Kind::kPage, p, src.page(p).first_position}))
+                          .ok());
+        }
+        if (lazy) {  // fill every block afterwards, as a mirror that recalls lazily does
+          const HeadSelection all = mirror->SelectAll(l, h);
+          for (const BlockRef& b : mirror->SelectedBlocks(l, h, all)) {
+            absl::Span<uint8_t> dst = mirror->BlockBytes(l, h, b).value();
+            absl::Span<uint8_t> from = seq_->BlockBytes(l, h, b).value();
+            ASSERT_EQ(dst.size(), from.size());
+            std::memcpy(dst.data(), from.data(), dst.size());
+          }
+        }
+      }
+    }
+    ASSERT_TRUE(mirror->FinishImport(45).ok());
+    std::swap(mirror, seq_);
+    for (int l = 0; l < 2; ++l)
+      for (int h = 0; h < 3; ++h) {
+        ExpectAllTokensExact(l, h);
+        EXPECT_EQ(seq_->head(l, h).num_complete_pages(), mirror->head(l, h).num_complete_pages());
+      }
+    ASSERT_TRUE(AppendTokens(7).ok());  // the mirror keeps growing like the original
+    for (int h = 0; h < 3; ++h) ExpectAllTokensExact(1, h);
+    std::swap(mirror, seq_);
+    seq_->Rollback();
+  }
+  auto bad = SequenceKv::Create(g_, pool_.get()).value();
+  absl::Status s = bad->FinishImport(10);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("holds 0 tokens, the sequence has 10"));
+  EXPECT_EQ(seq_->BlockBytes(0, 0, {BlockRef::Kind::kCluster, 9, 0}).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(seq_->BlockBytes(0, 0, {BlockRef::Kind::kPage, 0, 3}).status().code(), absl::StatusCode::kNotFound);
+}
+
 TEST_F(SequenceKvTest, BadArgumentsAreRejected) {
   Make(4, 2, DType::kF32);
   std::vector<float> k(24), v(24);

@@ -22,6 +22,22 @@ ABSL_FLAG(bool, measure_attention_mass, false, "Also compute dense attention to 
 
 namespace livekv::cli {
 
+absl::StatusOr<GenerateOptions> GenerateOptionsFromFlags(const ModelConfig& config) {
+  GenerateOptions options;
+  options.max_new_tokens = absl::GetFlag(FLAGS_max_tokens);
+  options.sampling.temperature = absl::GetFlag(FLAGS_temperature);
+  options.sampling.top_p = absl::GetFlag(FLAGS_top_p);
+  options.sampling.top_k = absl::GetFlag(FLAGS_top_k);
+  options.sampling.seed = absl::GetFlag(FLAGS_seed);
+  options.stop_ids = config.eos_token_ids;
+  absl::Status valid = options.sampling.Validate();
+  if (!valid.ok()) return absl::InvalidArgumentError(absl::StrCat("sampling flags: ", valid.message()));
+  if (options.max_new_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--max_tokens must be >= 0, saw ", options.max_new_tokens));
+  }
+  return options;
+}
+
 absl::StatusOr<PolicyOptions> PolicyOptionsFromFlags() {
   PolicyOptions o;
   absl::StatusOr<PolicyKind> kind = ParsePolicyKind(absl::GetFlag(FLAGS_policy));

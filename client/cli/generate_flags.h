@@ -11,6 +11,8 @@
 #include "absl/flags/declare.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/generator.h"
+#include "engine/model_config.h"
 #include "kvcache/policy_options.h"
 
 ABSL_DECLARE_FLAG(int64_t, max_tokens);
@@ -35,8 +37,11 @@ namespace livekv::cli {
 // The KV-cache policy options the flags describe. INVALID_ARGUMENT naming the flag for bad values.
 absl::StatusOr<PolicyOptions> PolicyOptionsFromFlags();
 
-// Loads `model_dir` on the CPU backend, prints the prompt, streams the generated text to `out`, and ends with a
-// line of timings.
+// Sampling and length options from the flags; stop tokens from the model's config.
+absl::StatusOr<GenerateOptions> GenerateOptionsFromFlags(const ModelConfig& config);
+
+// Loads `model_dir` on the CPU backend, prints the prompt, streams the generated text to `out`, and ends with
+// timings and the KV-cache policy's counters.
 absl::Status RunGeneration(const std::string& model_dir, const std::string& prompt, std::ostream& out);
 
 }  // namespace livekv::cli

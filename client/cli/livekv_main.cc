@@ -1,6 +1,6 @@
 // The livekv command-line tool.
 //
-//   livekv demo
+//   livekv demo                 (run from the workspace root, or through `bazel run //:livekv -- demo`)
 //   livekv make-model --out DIR [--preset tiny] [--dtype f32] [--weights-seed 1]
 //   livekv generate --model DIR --prompt TEXT [--max-tokens 32] [--seed 0] [--temperature 0] [--top-p 1]
 //
@@ -20,7 +20,7 @@ namespace {
 constexpr char kUsage[] =
     "livekv <command> [flags]\n"
     "commands:\n"
-    "  demo        make the embedded tiny model (once) and generate text with it on the CPU\n"
+    "  demo        ask the embedded trained model a question about a long document (CPU, clusterkv)\n"
     "  generate    generate text from a prompt: --model DIR --prompt TEXT [--max-tokens N] [--seed S]\n"
     "  make-model  write a model with seeded dummy weights: --out DIR [--preset tiny|small-100m|llama3-8b]\n"
     "run `livekv --helpfull` for every flag";

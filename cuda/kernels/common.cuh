@@ -1,0 +1,153 @@
+// File: cuda/kernels/common.cuh
+//
+// Device helpers shared by the kernels: bf16 <-> fp32, 16-byte packs of 8 bf16, warp and block reductions, and
+// the bf16 tensor-core MMA (m16n8k16, fp32 accumulate) with its fragment layouts. Header-only, device code only.
+#ifndef LIVEKV_CUDA_KERNELS_COMMON_CUH_
+#define LIVEKV_CUDA_KERNELS_COMMON_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace livekv {
+namespace cuda {
+namespace kernels {
+
+using bf16 = __nv_bfloat16;
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+__host__ __device__ constexpr int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+__device__ __forceinline__ float ToFloat(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ bf16 ToBf16(float x) { return __float2bfloat16_rn(x); }
+
+// 8 bf16 values in one 16-byte word.
+union Pack8 {
+  uint4 u;
+  __nv_bfloat162 h2[4];
+  bf16 h[8];
+};
+
+__device__ __forceinline__ void Unpack8(const uint4& u, float (&f)[8]) {
+  Pack8 p;
+  p.u = u;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 v = __bfloat1622float2(p.h2[i]);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+
+__device__ __forceinline__ uint4 PackFloats8(const float (&f)[8]) {
+  Pack8 p;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) p.h2[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+  return p.u;
+}
+
+// Read-only, streamed 16-byte load (the data is not re-read by this kernel: skip L1).
+__device__ __forceinline__ uint4 LoadStreaming(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+template <int kWidth = 32>
+__device__ __forceinline__ float WarpSum(float v) {
+#pragma unroll
+  for (int o = kWidth / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <int kWidth = 32>
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+  for (int o = kWidth / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block; every thread gets the result. REQUIRES: blockDim.x a multiple of 32, <= 1024, and every
+// thread of the block calls it. `scratch` holds 32 floats of shared memory (reusable after the call returns).
+__device__ __forceinline__ float BlockSum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = WarpSum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = lane < warps ? scratch[lane] : 0.0f;
+  return WarpSum(t);
+}
+
+__device__ __forceinline__ float BlockMax(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = WarpMax(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = lane < warps ? scratch[lane] : -INFINITY;
+  return WarpMax(t);
+}
+
+// Exclusive prefix sum over the block of one int64 per thread (thread order); *total gets the block total.
+// Same requirements as BlockSum; `scratch` holds 32 int64.
+__device__ __forceinline__ int64_t BlockExclusiveScan(int64_t v, int64_t* scratch, int64_t* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  int64_t inc = v;
+#pragma unroll
+  for (int o = 1; o < 32; o *= 2) {
+    const int64_t n = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += n;
+  }
+  __syncthreads();
+  if (lane == 31) scratch[warp] = inc;
+  __syncthreads();
+  int64_t warp_prefix = 0, all = 0;
+  for (int w = 0; w < warps; ++w) {
+    const int64_t s = scratch[w];
+    if (w < warp) warp_prefix += s;
+    all += s;
+  }
+  *total = all;
+  return warp_prefix + inc - v;
+}
+
+// ---- Tensor cores: mma.sync m16n8k16, bf16 inputs, fp32 accumulators ------------------------------------------
+// With g = lane / 4 and t = lane % 4, each thread of the warp holds:
+//   A (16x16, row-major) a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..2t+1], a[2] = A[g][2t+8..2t+9], a[3] = A[g+8][2t+8..]
+//   B (16x8, "col": B[k][n])  b[0] = B[2t..2t+1][g],  b[1] = B[2t+8..2t+9][g]
+//   C (16x8)                  c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..2t+1]
+// (two bf16 per 32-bit register, the lower column / lower k in the low half).
+__device__ __forceinline__ void MmaBf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ uint32_t PackBf16x2(bf16 lo, bf16 hi) {
+  __nv_bfloat162 v;
+  v.x = lo;
+  v.y = hi;
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ uint32_t LoadU32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+}  // namespace kernels
+}  // namespace cuda
+}  // namespace livekv
+
+#endif  // LIVEKV_CUDA_KERNELS_COMMON_CUH_

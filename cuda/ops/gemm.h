@@ -1,0 +1,78 @@
+// File: cuda/ops/gemm.h
+//
+// The nn.Linear product on tensor cores through cuBLASLt: out[n][m] = x[n][k] · w[m][k]^T (+ bias[m]), bf16
+// inputs, fp32 accumulation, bf16 output (activations) or fp32 output (logits). Plans (cuBLASLt descriptors and
+// the heuristic's algorithm) are cached per shape, alignment and output type, so steady-state calls cost one
+// cublasLtMatmul. Shapes cuBLASLt has no algorithm for (e.g. odd leading dimensions on some versions) fall back
+// to cublasGemmEx; the bias is then added by a small kernel.
+//
+//   Gemm gemm(&blas);  // per thread, like the handle
+//   LIVEKV_RETURN_IF_ERROR(gemm.Linear({x, n, k, w, m, bias, out, GemmOutput::kBf16}, stream));
+//
+// Thread-safety: thread-compatible (one thread at a time, like the BlasHandle it borrows).
+#ifndef LIVEKV_CUDA_OPS_GEMM_H_
+#define LIVEKV_CUDA_OPS_GEMM_H_
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <tuple>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "cuda/runtime/blas_handle.h"
+
+namespace livekv {
+namespace cuda {
+
+enum class GemmOutput { kBf16, kF32 };
+
+struct LinearArgs {
+  const __nv_bfloat16* x = nullptr;  // [n][k]
+  int64_t n = 0;                     // rows (tokens); 0 is a no-op
+  int64_t k = 0;                     // in_features
+  const __nv_bfloat16* w = nullptr;  // [m][k] (nn.Linear weight)
+  int64_t m = 0;                     // out_features
+  const __nv_bfloat16* bias = nullptr;  // [m] or null
+  void* out = nullptr;               // [n][m], bf16 or fp32 per `output`; must not alias x or w
+  GemmOutput output = GemmOutput::kBf16;
+};
+
+class Gemm {
+ public:
+  // `blas` is borrowed and must outlive this object; its workspace is used by every call.
+  explicit Gemm(BlasHandle* blas) : blas_(blas) {}
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+
+  // INVALID_ARGUMENT naming the value for non-positive k or m, negative n, or null pointers.
+  absl::Status Linear(const LinearArgs& args, cudaStream_t stream);
+
+  // Calls that ran through the cublasGemmEx fallback (tests and benchmarks look at it).
+  int64_t fallback_calls() const { return fallback_calls_; }
+
+ private:
+  struct Plan {
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo;
+    bool usable = false;  // false: no cuBLASLt algorithm, use the fallback
+  };
+  // n, k, m, output, bias epilogue, alignment of x, w, out, bias.
+  using Key = std::tuple<int64_t, int64_t, int64_t, int, bool, int, int, int, int>;
+
+  absl::StatusOr<Plan*> GetPlan(const Key& key);
+  absl::Status Fallback(const LinearArgs& a, cudaStream_t stream);
+
+  BlasHandle* blas_;
+  absl::flat_hash_map<Key, Plan> plans_;
+  int64_t fallback_calls_ = 0;
+};
+
+}  // namespace cuda
+}  // namespace livekv
+
+#endif  // LIVEKV_CUDA_OPS_GEMM_H_
