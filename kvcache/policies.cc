@@ -81,7 +81,7 @@ class SelectingPolicy : public KvPolicy {
   SelectingPolicy(const PolicyOptions& options, int32_t group_size) : KvPolicy(options), group_size_(group_size) {}
 
   absl::Status Select(const SequenceKv& kv, int32_t layer, const ChunkQueries& q, LayerSelection* out) override {
-    if (IsDenseLayer(layer) || (q.rows > 1 && !options_.sparse_prefill)) {
+    if (IsDenseLayer(layer) || (q.rows > 1 && !q.sparse_prefill)) {
       SelectEverything(kv, layer, out);
       return absl::OkStatus();
     }

@@ -37,6 +37,8 @@ struct ChunkQueries {
   int64_t rows = 0;
   int32_t num_heads = 0;
   int32_t head_dim = 0;
+  // Multi-token chunks attend to their selection (pooled over the chunk's tokens) instead of densely.
+  bool sparse_prefill = false;
   // The query group of KV head g.
   QueryGroup Group(int32_t g, int32_t group_size) const {
     return QueryGroup{q + static_cast<int64_t>(g) * group_size * head_dim, static_cast<int32_t>(rows),

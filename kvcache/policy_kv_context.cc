@@ -9,8 +9,6 @@
 #include "common/status_macros.h"
 
 namespace livekv {
-namespace {
-
 KvGeometry GeometryFor(const ModelConfig& config, const PolicyOptions& options) {
   KvGeometry g;
   g.num_layers = static_cast<int32_t>(config.num_layers);
@@ -21,6 +19,8 @@ KvGeometry GeometryFor(const ModelConfig& config, const PolicyOptions& options) 
   g.sink_tokens = options.sink;
   return g;
 }
+
+namespace {
 
 float LoadF32(const void* p, DType t, int64_t i) {
   switch (t) {
@@ -51,6 +51,7 @@ PolicyKvContext::PolicyKvContext(const ModelConfig& config, std::unique_ptr<Sequ
     : config_(config),
       kv_(std::move(kv)),
       policy_(std::move(policy)),
+      sparse_prefill_(policy_->options().sparse_prefill),
       counters_(config.num_layers),
       previous_clusters_(static_cast<size_t>(config.num_layers) * config.num_kv_heads) {}
 
@@ -70,6 +71,37 @@ absl::StatusOr<std::unique_ptr<PolicyKvContext>> PolicyKvContext::Create(const M
   return std::unique_ptr<PolicyKvContext>(new PolicyKvContext(config, std::move(kv), std::move(policy)));
 }
 
+absl::StatusOr<std::unique_ptr<PolicyKvContext>> PolicyKvContext::Adopt(const ModelConfig& config,
+                                                                        const PolicyOptions& options,
+                                                                        std::unique_ptr<SequenceKv> kv,
+                                                                        ThreadPool* threads) {
+  LIVEKV_RETURN_IF_ERROR(config.Validate());
+  const KvGeometry want = GeometryFor(config, options), have = kv->geometry();
+  if (want.num_layers != have.num_layers || want.num_kv_heads != have.num_kv_heads ||
+      want.layout.head_dim != have.layout.head_dim || want.layout.page_tokens != have.layout.page_tokens ||
+      want.layout.dtype != have.layout.dtype || want.sink_tokens != have.sink_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the sequence's geometry (layers ", have.num_layers, ", kv heads ", have.num_kv_heads, ", head_dim ",
+        have.layout.head_dim, ", page_tokens ", have.layout.page_tokens, ", dtype ", DTypeName(have.layout.dtype),
+        ", sink ", have.sink_tokens, ") is not the model's under this policy (layers ", want.num_layers,
+        ", kv heads ", want.num_kv_heads, ", head_dim ", want.layout.head_dim, ", page_tokens ",
+        want.layout.page_tokens, ", dtype ", DTypeName(want.layout.dtype), ", sink ", want.sink_tokens, ")"));
+  }
+  if (config.sliding_window > 0 && options.kind == PolicyKind::kClusterKv) {
+    return absl::InvalidArgumentError("policy clusterkv cannot serve a sliding-window model");
+  }
+  LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<KvPolicy> policy,
+                          CreatePolicy(options, static_cast<int32_t>(config.num_layers),
+                                       static_cast<int32_t>(config.group_size()), threads));
+  return std::unique_ptr<PolicyKvContext>(new PolicyKvContext(config, std::move(kv), std::move(policy)));
+}
+
+Maintenance PolicyKvContext::TakeMaintenanceLog() {
+  Maintenance out = std::move(log_);
+  log_ = Maintenance{};
+  return out;
+}
+
 absl::Status PolicyKvContext::Select(int layer, TensorView q, ContextKv* ctx) {
   if (layer < 0 || layer >= config_.num_layers) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range [0, ", config_.num_layers, ")"));
@@ -85,9 +117,10 @@ absl::Status PolicyKvContext::Select(int layer, TensorView q, ContextKv* ctx) {
     chunk_started_ = true;
   }
   const ChunkQueries queries{q.as<float>(), q.dim(0), static_cast<int32_t>(config_.num_heads),
-                             static_cast<int32_t>(config_.head_dim)};
+                             static_cast<int32_t>(config_.head_dim), sparse_prefill_};
   LayerSelection sel;
   LIVEKV_RETURN_IF_ERROR(policy_->Select(*kv_, layer, queries, &sel));
+  if (fetcher_ != nullptr) LIVEKV_RETURN_IF_ERROR(fetcher_->EnsureResident(*kv_, layer, sel));
   ctx->dtype = kv_->geometry().layout.dtype;
   ctx->heads.resize(config_.num_kv_heads);
   for (int32_t h = 0; h < config_.num_kv_heads; ++h) {
@@ -187,6 +220,10 @@ absl::Status PolicyKvContext::Maintain(const absl::StatusOr<Maintenance>& plan) 
   LIVEKV_RETURN_IF_ERROR(plan.status());
   absl::Status s = ApplyMaintenance(kv_.get(), *plan);
   maintenance_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (s.ok()) {
+    for (const HeadClustering& c : plan->clusterings) log_.clusterings.push_back(c);
+    log_.drop_pages += plan->drop_pages;
+  }
   return s;
 }
 

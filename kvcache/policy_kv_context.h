@@ -41,10 +41,21 @@ struct LayerCounters {
   double tokens_per_head_step() const { return head_steps > 0 ? double(tokens_selected) / head_steps : 0; }
 };
 
+// The geometry of a model's sequences under `options` (page size, sink and KV dtype come from the policy).
+KvGeometry GeometryFor(const ModelConfig& config, const PolicyOptions& options);
+
 // A host page pool sized for `max_tokens` tokens of `config` in the policy's layout (with room for partially
 // filled cluster pages). Host memory is committed lazily, so a large max_tokens costs only address space.
 absl::StatusOr<std::unique_ptr<PagePool>> CreateKvPagePool(const ModelConfig& config, const PolicyOptions& options,
                                                            int64_t max_tokens, Allocator* allocator);
+
+// Makes sure the bytes of the blocks a layer is about to attend are present in the sequence (a mirror of a
+// remote session recalls them here). Called by PolicyKvContext::Select between selection and building runs.
+class BlockFetcher {
+ public:
+  virtual ~BlockFetcher() = default;
+  virtual absl::Status EnsureResident(const SequenceKv& kv, int32_t layer, const LayerSelection& selection) = 0;
+};
 
 class PolicyKvContext : public KvContext {
  public:
@@ -53,6 +64,18 @@ class PolicyKvContext : public KvContext {
   static absl::StatusOr<std::unique_ptr<PolicyKvContext>> Create(const ModelConfig& config,
                                                                  const PolicyOptions& options, PagePool* pool,
                                                                  ThreadPool* threads);
+  // Serves an existing sequence (e.g. a mirror of a stored session). INVALID_ARGUMENT when its geometry is not
+  // the one `config` and `options` imply.
+  static absl::StatusOr<std::unique_ptr<PolicyKvContext>> Adopt(const ModelConfig& config,
+                                                                const PolicyOptions& options,
+                                                                std::unique_ptr<SequenceKv> kv, ThreadPool* threads);
+
+  // Borrowed; null removes it.
+  void set_block_fetcher(BlockFetcher* fetcher) { fetcher_ = fetcher; }
+
+  // Whether multi-token chunks attend to their selection rather than densely; starts as the policy's
+  // sparse_prefill. Services switch it per phase: documents are appended densely, questions may retrieve.
+  void set_sparse_prefill(bool sparse) { sparse_prefill_ = sparse; }
 
   int64_t num_tokens() const override { return kv_->num_tokens(); }
   absl::Status Select(int layer, TensorView q, ContextKv* ctx) override;
@@ -64,10 +87,16 @@ class PolicyKvContext : public KvContext {
   // (clusterkv clusters what is older than the recent window) instead of at the next decode step.
   absl::Status FinishAppend();
 
+  // Every maintenance applied since the last call (clusterings in order, dropped pages summed), for a writer
+  // that must apply the same changes to another copy of the sequence.
+  Maintenance TakeMaintenanceLog();
+
   const std::vector<LayerCounters>& counters() const { return counters_; }
   // Wall time spent maintaining the cache's blocks (clustering, dropping) rather than selecting.
   double maintenance_seconds() const { return maintenance_seconds_; }
   const SequenceKv& sequence() const { return *kv_; }
+  // For filling a mirror's blocks in place (a BlockFetcher); the context keeps ownership.
+  SequenceKv* mutable_sequence() { return kv_.get(); }
   const KvPolicy& policy() const { return *policy_; }
 
  private:
@@ -78,8 +107,11 @@ class PolicyKvContext : public KvContext {
 
   const ModelConfig config_;
   std::unique_ptr<SequenceKv> kv_;
+  BlockFetcher* fetcher_ = nullptr;
+  Maintenance log_;
   std::unique_ptr<KvPolicy> policy_;
   bool chunk_started_ = false;
+  bool sparse_prefill_ = false;
   double maintenance_seconds_ = 0;
   std::vector<LayerCounters> counters_;
   std::vector<std::vector<int32_t>> previous_clusters_;  // [layer * kv_heads + head]

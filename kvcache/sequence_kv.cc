@@ -344,6 +344,14 @@ absl::Status SequenceKv::ValidateClustering(const HeadClustering& c) const {
 
 absl::Status SequenceKv::ApplyClustering(const std::vector<HeadClustering>& clusterings) {
   for (const HeadClustering& c : clusterings) LIVEKV_RETURN_IF_ERROR(ValidateClustering(c));
+  for (size_t i = 0; i < clusterings.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (clusterings[i].layer == clusterings[j].layer && clusterings[i].kv_head == clusterings[j].kv_head) {
+        return absl::InvalidArgumentError(absl::StrCat("layer ", clusterings[i].layer, " head ",
+                                                       clusterings[i].kv_head, " is clustered twice"));
+      }
+    }
+  }
   // Heads of one layer must keep identical positional pages (policies read one head per layer).
   for (const HeadClustering& c : clusterings) {
     for (const HeadClustering& o : clusterings) {
@@ -619,13 +627,30 @@ absl::Status SequenceKv::ImportPage(int32_t layer, int32_t kv_head, int64_t firs
 }
 
 absl::Status SequenceKv::FinishImport(int64_t num_tokens) {
+  // Every token is in the sink, a cluster, a positional page, or was dropped (streaming frees old pages): the
+  // positional pages must end at num_tokens, and what lies between the sink and the first page is clustered or
+  // dropped. Without pages, nothing newer than the clusters can have been dropped.
   for (int32_t l = 0; l < geometry_.num_layers; ++l) {
     for (int32_t h = 0; h < geometry_.num_kv_heads; ++h) {
       const HeadKv& head = heads_[Index(l, h)];
-      const int64_t held = head.sink_count_ + head.clustered_tokens_ + head.positional_tokens();
-      if (held != num_tokens) {
-        return absl::InvalidArgumentError(absl::StrCat("imported layer ", l, " head ", h, " holds ", held,
-                                                       " tokens, the sequence has ", num_tokens));
+      const int64_t sink = std::min<int64_t>(num_tokens, geometry_.sink_tokens);
+      std::string problem;
+      if (head.sink_count_ != sink) {
+        problem = absl::StrCat("a sink of ", head.sink_count_, " tokens, not ", sink);
+      } else if (!head.pages_.empty()) {
+        const HeadKv::Page& last = head.pages_.back();
+        if (last.first_position + last.count != num_tokens) {
+          problem = absl::StrCat("positional pages ending at ", last.first_position + last.count);
+        } else if (head.clustered_tokens_ > head.pages_.front().first_position - sink) {
+          problem = absl::StrCat(head.clustered_tokens_, " clustered tokens before position ",
+                                 head.pages_.front().first_position);
+        }
+      } else if (sink + head.clustered_tokens_ != num_tokens) {
+        problem = absl::StrCat(sink + head.clustered_tokens_, " tokens in the sink and clusters");
+      }
+      if (!problem.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("imported layer ", l, " head ", h, " has ", problem,
+                                                       "; the sequence has ", num_tokens, " tokens"));
       }
     }
   }

@@ -297,9 +297,42 @@ TEST_F(SequenceKvTest, MirrorsRebuiltFromBlocksAreByteIdentical) {
   auto bad = SequenceKv::Create(g_, pool_.get()).value();
   absl::Status s = bad->FinishImport(10);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("holds 0 tokens, the sequence has 10"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("a sink of 0 tokens, not 2; the sequence has 10 tokens"));
   EXPECT_EQ(seq_->BlockBytes(0, 0, {BlockRef::Kind::kCluster, 9, 0}).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(seq_->BlockBytes(0, 0, {BlockRef::Kind::kPage, 0, 3}).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(SequenceKvTest, SequencesThatDroppedPagesCanBeMirrored) {
+  Make(4, 2, DType::kF32);
+  ASSERT_TRUE(AppendTokens(30).ok());
+  ASSERT_TRUE(seq_->DropPages(3).ok());
+  auto mirror = SequenceKv::Create(g_, pool_.get()).value();
+  for (int l = 0; l < 2; ++l) {
+    for (int h = 0; h < 3; ++h) {
+      const HeadKv& src = seq_->head(l, h);
+      ASSERT_TRUE(mirror->ImportSink(l, h, src.sink_count(), seq_->BlockBytes(l, h, {}).value().data()).ok());
+      for (int p = 0; p < src.num_pages(); ++p) {
+        ASSERT_TRUE(mirror
+                        ->ImportPage(l, h, src.page(p).first_position, src.page(p).count, nullptr, nullptr,
+                                     seq_->BlockBytes(l, h, {BlockRef::Kind::kPage, p, src.page(p).first_position})
+                                         .value()
+                                         .data())
+                        .ok());
+      }
+    }
+  }
+  ASSERT_TRUE(mirror->FinishImport(30).ok());
+  EXPECT_EQ(mirror->num_tokens(), 30);
+  EXPECT_EQ(mirror->SelectionPositions(1, 2, mirror->SelectAll(1, 2)), seq_->SelectionPositions(1, 2, seq_->SelectAll(1, 2)));
+  // A page that does not end at the sequence's last token is not a dropped prefix but a mistake.
+  auto bad = SequenceKv::Create(g_, pool_.get()).value();
+  for (int l = 0; l < 2; ++l)
+    for (int h = 0; h < 3; ++h) ASSERT_TRUE(bad->ImportSink(l, h, 2, nullptr).ok());
+  for (int l = 0; l < 2; ++l)
+    for (int h = 0; h < 3; ++h) ASSERT_TRUE(bad->ImportPage(l, h, 14, 3, nullptr, nullptr, nullptr).ok());
+  absl::Status s = bad->FinishImport(30);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("positional pages ending at 17"));
 }
 
 TEST_F(SequenceKvTest, BadArgumentsAreRejected) {

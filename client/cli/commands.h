@@ -14,6 +14,13 @@ int GenerateCommand(const std::vector<std::string>& args);
 int MakeModelCommand(const std::vector<std::string>& args);
 int DemoCommand(const std::vector<std::string>& args);
 
+// Against running services (client/cli/client_flags.h).
+int UpCommand(const std::vector<std::string>& args);
+int SessionCommand(const std::vector<std::string>& args);
+int AppendCommand(const std::vector<std::string>& args);
+int AskCommand(const std::vector<std::string>& args);
+int StatsCommand(const std::vector<std::string>& args);
+
 }  // namespace livekv::cli
 
 #endif  // LIVEKV_CLIENT_CLI_COMMANDS_H_

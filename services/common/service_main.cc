@@ -1,0 +1,57 @@
+#include "services/common/service_main.h"
+
+#include <signal.h>
+
+#include <iostream>
+
+#include "common/logging.h"
+#include "common/rpc/server.h"
+
+namespace livekv {
+
+int ServeUntilSignalled(const std::string& name, const ServeOptions& options,
+                        const std::vector<grpc::Service*>& services, ServiceMetrics* metrics,
+                        const std::function<void()>& on_shutdown) {
+  // Block the signals in every thread (gRPC's included, which inherit the mask) and wait for them here.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  GrpcServer server;
+  absl::Status s = server.Start(options.listen, services);
+  if (!s.ok()) {
+    LOG(ERROR) << name << ": " << s;
+    return 1;
+  }
+  if (!options.port_file.empty()) {
+    s = WritePortFile(options.port_file, server.port());
+    if (!s.ok()) {
+      LOG(ERROR) << name << ": " << s;
+      return 1;
+    }
+  }
+  if (metrics != nullptr && !options.metrics_listen.empty()) {
+    s = metrics->Serve(options.metrics_listen);
+    if (!s.ok()) {
+      LOG(ERROR) << name << ": " << s;
+      return 1;
+    }
+    if (!options.metrics_port_file.empty()) {
+      s = WritePortFile(options.metrics_port_file, metrics->port());
+      if (!s.ok()) LOG(WARNING) << name << ": " << s;
+    }
+  }
+  LOG(INFO) << name << " serving on " << server.address()
+            << (metrics != nullptr && metrics->port() > 0 ? ", metrics on port " + std::to_string(metrics->port())
+                                                          : std::string());
+  int sig = 0;
+  sigwait(&signals, &sig);
+  LOG(INFO) << name << ": signal " << sig << ", shutting down";
+  server.Shutdown(absl::Milliseconds(options.shutdown_grace_ms));
+  if (on_shutdown) on_shutdown();
+  return 0;
+}
+
+}  // namespace livekv

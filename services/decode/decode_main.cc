@@ -1,0 +1,47 @@
+// The decode service: livekv_decode --model DIR --kvstore HOST:PORT --prefill HOST:PORT [--listen ...].
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "common/logging.h"
+#include "common/rpc/client.h"
+#include "services/common/service_main.h"
+#include "services/decode/decode_service.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7103", "gRPC address to serve on (port 0: any free port).");
+ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port here.");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:0", "Address for /metrics (empty: none).");
+ABSL_FLAG(std::string, metrics_port_file, "", "Write the bound metrics port here.");
+ABSL_FLAG(std::string, kvstore, "127.0.0.1:7101", "Address of the KV store.");
+ABSL_FLAG(std::string, prefill, "127.0.0.1:7102", "Address of the prefill service (one-shot prompts, append_turn).");
+ABSL_FLAG(std::string, model, "models/tiny", "Model directory.");
+ABSL_FLAG(std::string, model_name, "", "Name sessions use for this model (default: the directory's last part).");
+ABSL_FLAG(int32_t, threads, 0, "CPU threads (0: all).");
+ABSL_FLAG(int32_t, one_shot_budget, 1024, "Token budget of one-shot prompts' temporary sessions (clusterkv).");
+ABSL_FLAG(int64_t, shutdown_grace_ms, 5000, "Time in-flight calls get to finish on SIGTERM.");
+
+int main(int argc, char** argv) {
+  livekv::InitLogging(argv[0]);
+  absl::ParseCommandLine(argc, argv);
+  livekv::CpuBackend backend(livekv::CpuBackendOptions{.num_threads = absl::GetFlag(FLAGS_threads)});
+  const std::string dir = absl::GetFlag(FLAGS_model);
+  absl::StatusOr<livekv::LoadedModel> model = livekv::LoadModel(dir, &backend);
+  if (!model.ok()) {
+    std::cerr << "livekv_decode: " << model.status() << "\n";
+    return 1;
+  }
+  std::string name = absl::GetFlag(FLAGS_model_name);
+  if (name.empty()) name = dir.substr(dir.find_last_of('/') + 1);
+  livekv::KvStoreClient store(livekv::MakeChannel(absl::GetFlag(FLAGS_kvstore)));
+  livekv::PrefillClient prefill(livekv::MakeChannel(absl::GetFlag(FLAGS_prefill)));
+  livekv::DecodeWorkerOptions options;
+  options.model_name = name;
+  options.one_shot_policy.budget = absl::GetFlag(FLAGS_one_shot_budget);
+  livekv::DecodeWorker worker(&*model, &backend, &store, &prefill, options);
+  livekv::ServiceMetrics metrics("decode");
+  livekv::DecodeService service(&worker, &metrics);
+  livekv::ServeOptions serve{absl::GetFlag(FLAGS_listen), absl::GetFlag(FLAGS_port_file),
+                             absl::GetFlag(FLAGS_metrics_listen), absl::GetFlag(FLAGS_metrics_port_file),
+                             absl::GetFlag(FLAGS_shutdown_grace_ms)};
+  return livekv::ServeUntilSignalled("livekv_decode", serve, {&service}, &metrics);
+}

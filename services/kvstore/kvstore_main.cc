@@ -1,0 +1,95 @@
+// livekv_kvstore: the KV-store service (ARCHITECTURE.md §2). Serves proto/livekv/v1/kvstore.proto, the standard
+// health service and reflection on --listen, and Prometheus metrics on --metrics_listen.
+//
+//   livekv_kvstore --listen 127.0.0.1:0 --port_file /tmp/kv.port --pool_bytes 8589934592
+//
+// SIGTERM or SIGINT: stop accepting calls, give in-flight calls --shutdown_grace_ms to finish, exit 0.
+#include <csignal>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "common/logging.h"
+#include "common/metrics/metrics.h"
+#include "common/rpc/server.h"
+#include "services/common/service_main.h"
+#include "services/kvstore/kvstore_service.h"
+#include "services/kvstore/session_store.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7101", "gRPC address to serve on (port 0: any free port)");
+ABSL_FLAG(std::string, port_file, "", "if set, the bound gRPC port is written here once serving");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:0", "address of the Prometheus /metrics endpoint; \"\" disables");
+ABSL_FLAG(std::string, metrics_port_file, "", "if set, the bound metrics port is written here");
+ABSL_FLAG(int64_t, pool_bytes, int64_t{4} << 30, "capacity of each KV page pool (one per page size), bytes");
+ABSL_FLAG(int64_t, default_ttl_seconds, 3600, "idle time after which a session expires, when it names none; 0: never");
+ABSL_FLAG(int64_t, max_sessions_per_tenant, 1000, "sessions a tenant may hold; 0: no limit");
+ABSL_FLAG(int64_t, max_bytes_per_tenant, 0, "KV page bytes a tenant may hold; 0: no limit");
+ABSL_FLAG(int64_t, lease_ttl_ms, 30000, "lease lifetime when the holder names none");
+ABSL_FLAG(int64_t, append_timeout_ms, 60000, "time to commit an append when the writer names none");
+ABSL_FLAG(int64_t, reap_interval_ms, 1000, "how often expired sessions, leases and appends are removed");
+ABSL_FLAG(int64_t, shutdown_grace_ms, 5000, "on SIGTERM/SIGINT, how long in-flight calls may take to finish");
+
+namespace livekv {
+namespace {
+
+int Run() {
+  // ServeUntilSignalled takes SIGTERM/SIGINT synchronously; block them before any thread (the reaper) starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  for (const auto& [name, value] : {std::pair<const char*, int64_t>{"pool_bytes", absl::GetFlag(FLAGS_pool_bytes)},
+                                    {"lease_ttl_ms", absl::GetFlag(FLAGS_lease_ttl_ms)},
+                                    {"append_timeout_ms", absl::GetFlag(FLAGS_append_timeout_ms)},
+                                    {"reap_interval_ms", absl::GetFlag(FLAGS_reap_interval_ms)}}) {
+    if (value <= 0) {
+      LOG(ERROR) << "--" << name << " must be positive, saw " << value;
+      return 2;
+    }
+  }
+  for (const auto& [name, value] :
+       {std::pair<const char*, int64_t>{"default_ttl_seconds", absl::GetFlag(FLAGS_default_ttl_seconds)},
+        {"max_sessions_per_tenant", absl::GetFlag(FLAGS_max_sessions_per_tenant)},
+        {"max_bytes_per_tenant", absl::GetFlag(FLAGS_max_bytes_per_tenant)},
+        {"shutdown_grace_ms", absl::GetFlag(FLAGS_shutdown_grace_ms)}}) {
+    if (value < 0) {
+      LOG(ERROR) << "--" << name << " must be >= 0, saw " << value;
+      return 2;
+    }
+  }
+  SessionStore::Options options;
+  options.pool_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_pool_bytes));
+  const int64_t ttl = absl::GetFlag(FLAGS_default_ttl_seconds);
+  options.default_ttl = ttl == 0 ? absl::InfiniteDuration() : absl::Seconds(ttl);
+  options.max_sessions_per_tenant = absl::GetFlag(FLAGS_max_sessions_per_tenant);
+  options.max_bytes_per_tenant = absl::GetFlag(FLAGS_max_bytes_per_tenant);
+  options.default_lease_ttl = absl::Milliseconds(absl::GetFlag(FLAGS_lease_ttl_ms));
+  options.default_append_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_append_timeout_ms));
+  SessionStore store(options, Clock::Real());
+
+  ServiceMetrics metrics("kvstore");
+  KvStoreService service(&store, &metrics);
+  store.StartReaper(absl::Milliseconds(absl::GetFlag(FLAGS_reap_interval_ms)));
+  const ServeOptions serve{absl::GetFlag(FLAGS_listen), absl::GetFlag(FLAGS_port_file),
+                           absl::GetFlag(FLAGS_metrics_listen), absl::GetFlag(FLAGS_metrics_port_file),
+                           absl::GetFlag(FLAGS_shutdown_grace_ms)};
+  return ServeUntilSignalled("livekv_kvstore", serve, {&service}, &metrics, [&] { store.StopReaper(); });
+}
+
+}  // namespace
+}  // namespace livekv
+
+int main(int argc, char** argv) {
+  livekv::InitLogging(argv[0]);
+  absl::SetProgramUsageMessage("livekv_kvstore [--listen host:port] [--pool_bytes N] ...; --helpfull for all flags");
+  absl::ParseCommandLine(argc, argv);
+  return livekv::Run();
+}
