@@ -119,6 +119,7 @@ absl::Status RunPipelineDemo(std::ostream& out) {
   session_options.model_dir = model_dir;
   session_options.policy.kind = PolicyKind::kClusterKv;
   session_options.policy.budget = 512;
+  session_options.policy.sparse_prefill = true;  // the question retrieves too: decode recalls what it selects
   LIVEKV_ASSIGN_OR_RETURN(v1::Session session, client->CreateSession(session_options));
   const PolicyOptions& policy = session_options.policy;
   out << absl::StrFormat("session:  %s, clusterkv, budget %d tokens per KV head (sink %d + window %d + clusters)\n",
