@@ -53,7 +53,8 @@ PolicyKvContext::PolicyKvContext(const ModelConfig& config, std::unique_ptr<Sequ
       policy_(std::move(policy)),
       sparse_prefill_(policy_->options().sparse_prefill),
       counters_(config.num_layers),
-      previous_clusters_(static_cast<size_t>(config.num_layers) * config.num_kv_heads) {}
+      previous_clusters_(static_cast<size_t>(config.num_layers) * config.num_kv_heads),
+      speculation_(config.num_layers) {}
 
 absl::StatusOr<std::unique_ptr<PolicyKvContext>> PolicyKvContext::Create(const ModelConfig& config,
                                                                          const PolicyOptions& options,
@@ -120,7 +121,12 @@ absl::Status PolicyKvContext::Select(int layer, TensorView q, ContextKv* ctx) {
                              static_cast<int32_t>(config_.head_dim), sparse_prefill_};
   LayerSelection sel;
   LIVEKV_RETURN_IF_ERROR(policy_->Select(*kv_, layer, queries, &sel));
-  if (fetcher_ != nullptr) LIVEKV_RETURN_IF_ERROR(fetcher_->EnsureResident(*kv_, layer, sel));
+  if (policy_->options().speculative && q.dim(0) == 1 && !sel.dense) {
+    LIVEKV_RETURN_IF_ERROR(SelectSpeculative(layer, queries, &sel));
+  } else {
+    speculation_[layer].valid = false;  // a prefill chunk, or a dense step: nothing to speculate from
+    if (fetcher_ != nullptr) LIVEKV_RETURN_IF_ERROR(fetcher_->EnsureResident(*kv_, layer, sel));
+  }
   ctx->dtype = kv_->geometry().layout.dtype;
   ctx->heads.resize(config_.num_kv_heads);
   for (int32_t h = 0; h < config_.num_kv_heads; ++h) {
@@ -128,6 +134,50 @@ absl::Status PolicyKvContext::Select(int layer, TensorView q, ContextKv* ctx) {
     kv_->AppendRuns(layer, h, sel.heads[h], &ctx->heads[h]);
   }
   if (q.dim(0) == 1) Count(layer, queries, sel);
+  return absl::OkStatus();
+}
+
+absl::Status PolicyKvContext::SelectSpeculative(int32_t layer, const ChunkQueries& q, LayerSelection* sel) {
+  // `sel` arrives as the selection made with this step's query: the one FreeKV would make for the next step.
+  Speculation& spec = speculation_[layer];
+  const LayerSelection fresh = *sel;
+  if (spec.valid) {
+    // Per KV head: attend to the clusters chosen with the previous query unless the query drifted; the sink and
+    // the positional pages (always attended) come from the current state.
+    const int32_t group = static_cast<int32_t>(config_.group_size()), d = q.head_dim;
+    const float tau = policy_->options().correction_threshold;
+    LayerCounters& c = counters_[layer];
+    for (int32_t h = 0; h < static_cast<int32_t>(sel->heads.size()); ++h) {
+      double cosine = 0;
+      for (int32_t j = 0; j < group; ++j) {
+        const float* now = q.q + (static_cast<int64_t>(h) * group + j) * d;
+        const float* before = spec.q.data() + (static_cast<int64_t>(h) * group + j) * d;
+        double dot = 0, a = 0, b = 0;
+        for (int32_t i = 0; i < d; ++i) {
+          dot += double(now[i]) * before[i];
+          a += double(now[i]) * now[i];
+          b += double(before[i]) * before[i];
+        }
+        cosine += dot / std::max(1e-30, std::sqrt(a * b));
+      }
+      cosine /= group;
+      const bool corrected = tau >= 1.0f || cosine < tau;
+      ++c.correction_checks;
+      c.cosine_sum += cosine;
+      if (corrected) {
+        ++c.corrections;
+      } else {
+        sel->heads[h].clusters = spec.selection.heads[h].clusters;
+      }
+    }
+  }
+  // The blocks attended now: prefetched last step (wait for them), plus those of corrected heads (fetched now).
+  if (fetcher_ != nullptr) LIVEKV_RETURN_IF_ERROR(fetcher_->EnsureResident(*kv_, layer, *sel));
+  // Speculate for the next step with this step's query, and start recalling its blocks.
+  spec.valid = true;
+  spec.selection = fresh;
+  spec.q.assign(q.q, q.q + static_cast<int64_t>(q.num_heads) * q.head_dim);
+  if (fetcher_ != nullptr) LIVEKV_RETURN_IF_ERROR(fetcher_->Prefetch(*kv_, layer, fresh));
   return absl::OkStatus();
 }
 
@@ -218,6 +268,9 @@ absl::Status PolicyKvContext::FinishAppend() {
 absl::Status PolicyKvContext::Maintain(const absl::StatusOr<Maintenance>& plan) {
   const auto t0 = std::chrono::steady_clock::now();
   LIVEKV_RETURN_IF_ERROR(plan.status());
+  if (plan->empty()) return absl::OkStatus();
+  // Blocks are about to move or be freed: no recall may still be writing into them.
+  if (fetcher_ != nullptr) LIVEKV_RETURN_IF_ERROR(fetcher_->Drain());
   absl::Status s = ApplyMaintenance(kv_.get(), *plan);
   maintenance_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (s.ok()) {
@@ -229,6 +282,7 @@ absl::Status PolicyKvContext::Maintain(const absl::StatusOr<Maintenance>& plan) 
 
 void PolicyKvContext::Rollback() {
   chunk_started_ = false;
+  for (Speculation& s : speculation_) s.valid = false;
   kv_->Rollback();
 }
 

@@ -36,7 +36,13 @@ struct LayerCounters {
   double attention_mass = 0;       // sum over head-steps of the dense attention probability the selection covers
   int64_t mass_samples = 0;
 
+  int64_t correction_checks = 0;   // speculative: KV heads whose query drift was checked
+  int64_t corrections = 0;         // of those, re-selected with the current query
+  double cosine_sum = 0;           // of the checked heads' mean query cosine (consecutive steps)
+
   double hit_rate() const { return clusters_selected > 0 ? double(clusters_hit) / clusters_selected : 0; }
+  double correction_rate() const { return correction_checks > 0 ? double(corrections) / correction_checks : 0; }
+  double mean_cosine() const { return correction_checks > 0 ? cosine_sum / correction_checks : 0; }
   double mean_mass() const { return mass_samples > 0 ? attention_mass / mass_samples : 0; }
   double tokens_per_head_step() const { return head_steps > 0 ? double(tokens_selected) / head_steps : 0; }
 };
@@ -54,7 +60,16 @@ absl::StatusOr<std::unique_ptr<PagePool>> CreateKvPagePool(const ModelConfig& co
 class BlockFetcher {
  public:
   virtual ~BlockFetcher() = default;
+  // Returns when every block of `selection` is present (waiting for prefetches in flight).
   virtual absl::Status EnsureResident(const SequenceKv& kv, int32_t layer, const LayerSelection& selection) = 0;
+  // Starts making `selection`'s blocks present without waiting (speculative recall for the next step). The
+  // destinations are resolved before returning, so the sequence may change afterwards; the blocks themselves must
+  // stay until the prefetch completes. Errors surface in a later EnsureResident or Drain.
+  virtual absl::Status Prefetch(const SequenceKv& kv, int32_t layer, const LayerSelection& selection) {
+    return EnsureResident(kv, layer, selection);
+  }
+  // Waits for every prefetch in flight (before the sequence's blocks move, and at the end).
+  virtual absl::Status Drain() { return absl::OkStatus(); }
 };
 
 class PolicyKvContext : public KvContext {
@@ -105,9 +120,18 @@ class PolicyKvContext : public KvContext {
   absl::Status Maintain(const absl::StatusOr<Maintenance>& plan);
   double AttentionMass(int32_t layer, int32_t head, const QueryGroup& q, const HeadSelection& sel) const;
 
+  // Speculation state of one layer: the selection made with the previous decode step's query, and that query.
+  struct Speculation {
+    bool valid = false;
+    LayerSelection selection;
+    std::vector<float> q;  // [num_heads][head_dim]
+  };
+  absl::Status SelectSpeculative(int32_t layer, const ChunkQueries& q, LayerSelection* sel);
+
   const ModelConfig config_;
   std::unique_ptr<SequenceKv> kv_;
   BlockFetcher* fetcher_ = nullptr;
+  std::vector<Speculation> speculation_;  // per layer
   Maintenance log_;
   std::unique_ptr<KvPolicy> policy_;
   bool chunk_started_ = false;

@@ -215,6 +215,44 @@ TEST_F(TrainedModelTest, WholeContextBudgetSelectsEveryTokenAndMatchesFull) {
   EXPECT_LE(diff, 1e-5 * mx);
 }
 
+TEST_F(TrainedModelTest, SpeculationWithEveryHeadCorrectedIsSynchronousRecall) {
+  const Doc doc = ReadDoc("models/tiny/eval/multikey_2048.jsonl", 4);
+  PolicyOptions sync = Options(PolicyKind::kClusterKv, 512);
+  sync.measure_attention_mass = false;
+  PolicyOptions spec = sync;
+  spec.speculative = true;
+  spec.correction_threshold = 1.0f;
+  const Run a = Generate(sync, doc), b = Generate(spec, doc);
+  EXPECT_EQ(a.text, b.text);
+  EXPECT_EQ(b.text, doc.answer);
+  // Every sparse layer checks every KV head at every decode step after the first, and corrects each.
+  const int64_t steps = static_cast<int64_t>(doc.answer.size());
+  for (int layer : {2, 3}) {
+    EXPECT_EQ(b.counters[layer].correction_checks, (steps - 1) * model_->config.num_kv_heads) << layer;
+    EXPECT_EQ(b.counters[layer].corrections, b.counters[layer].correction_checks) << layer;
+    EXPECT_EQ(a.counters[layer].correction_checks, 0);
+  }
+  for (int layer : {0, 1}) EXPECT_EQ(b.counters[layer].correction_checks, 0);  // dense layers
+}
+
+TEST_F(TrainedModelTest, SpeculationReusesThePreviousSelectionForStableQueries) {
+  const Doc doc = ReadDoc("models/tiny/eval/passkey_2048.jsonl", 5);
+  PolicyOptions spec = Options(PolicyKind::kClusterKv, 512);
+  spec.speculative = true;
+  spec.correction_threshold = -1.0f;  // never correct: pure speculation
+  const Run r = Generate(spec, doc);
+  for (int layer : {2, 3}) {
+    EXPECT_GT(r.counters[layer].correction_checks, 0);
+    EXPECT_EQ(r.counters[layer].corrections, 0);
+  }
+  spec.correction_threshold = 0.8f;
+  const Run tau = Generate(spec, doc);
+  EXPECT_EQ(tau.text, doc.answer);
+  std::printf("tau 0.8: correction rate layer 2 %.2f, layer 3 %.2f; mean query cosine %.3f, %.3f\n",
+              tau.counters[2].correction_rate(), tau.counters[3].correction_rate(), tau.counters[2].mean_cosine(),
+              tau.counters[3].mean_cosine());
+}
+
 TEST(PolicyKvContextTest, FullPolicyIsBitwiseTheDenseCache) {
   ModelConfig c = PresetConfig("tiny").value();
   c.num_layers = 2;

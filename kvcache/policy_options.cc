@@ -74,6 +74,14 @@ absl::Status PolicyOptions::Validate(int64_t num_layers) const {
           absl::StrCat("dense layer ", l, " is outside the model's layers [0, ", num_layers, ")"));
     }
   }
+  if (!(correction_threshold >= -1.0f && correction_threshold <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("correction_threshold must be in [-1, 1], saw ", correction_threshold));
+  }
+  if (speculative && kind != PolicyKind::kClusterKv) {
+    return absl::InvalidArgumentError(absl::StrCat("speculative recall applies to clusterkv, not ",
+                                                   PolicyKindName(kind)));
+  }
   if (kv_dtype != DType::kF32 && kv_dtype != DType::kBF16 && kv_dtype != DType::kF16) {
     return absl::InvalidArgumentError(absl::StrCat("kv_dtype must be F32, BF16 or F16, saw ", DTypeName(kv_dtype)));
   }

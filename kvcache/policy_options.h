@@ -60,6 +60,12 @@ struct PolicyOptions {
   DType kv_dtype = DType::kF32;  // storage type of K and V
   // Record the attention mass the selection covers, by also computing dense attention (costly: tests, evals).
   bool measure_attention_mass = false;
+  // FreeKV's speculative retrieval (clusterkv): a decode step attends to the clusters selected with the previous
+  // step's query, recalled during the previous step; a KV head whose query drifted (mean cosine over its group
+  // below correction_threshold) is re-selected with the current query and recalled before its attention.
+  // correction_threshold >= 1 corrects every head at every step (then speculation changes nothing but timing).
+  bool speculative = false;
+  float correction_threshold = 0.8f;  // FreeKV: 0.8 for long inputs, 0.9 for long generations
 
   // INVALID_ARGUMENT naming the parameter and the value: non-positive sizes, a budget smaller than what the
   // policy always attends (streaming: sink; quest: sink + window + one page; clusterkv: sink + window +

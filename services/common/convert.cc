@@ -72,6 +72,8 @@ v1::PolicyConfig ToProto(const PolicyOptions& o) {
   for (int32_t l : o.dense_layers) p.add_dense_layers(l);
   p.set_dense_layers_set(true);
   p.set_sparse_prefill(o.sparse_prefill);
+  p.set_speculative(o.speculative);
+  p.set_correction_threshold(o.correction_threshold);
   return p;
 }
 
@@ -97,6 +99,8 @@ absl::StatusOr<PolicyOptions> FromProto(const v1::PolicyConfig& p, DType kv_dtyp
   if (p.pooling() == v1::POOLING_MEAN_SCORE) o.pooling = GroupPooling::kMeanScore;
   if (p.dense_layers_set()) o.dense_layers.assign(p.dense_layers().begin(), p.dense_layers().end());
   o.sparse_prefill = p.sparse_prefill();
+  o.speculative = p.speculative();
+  if (p.correction_threshold() != 0) o.correction_threshold = p.correction_threshold();
   o.kv_dtype = kv_dtype;
   o.sink = sink_tokens;
   o.page_tokens = page_tokens;

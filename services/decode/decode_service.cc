@@ -74,6 +74,8 @@ grpc::Status DecodeService::Generate(grpc::ServerContext* context, const v1::Gen
   t->set_first_token_ms(out->timings.first_token_ms);
   t->set_decode_ms(out->timings.decode_ms);
   t->set_recall_ms(out->timings.recall_ms);
+  t->set_recall_blocked_ms(out->timings.recall_blocked_ms);
+  t->set_channel(out->timings.channel);
   t->set_recall_bytes(out->timings.recall_bytes);
   t->set_prompt_tokens(out->timings.prompt_tokens);
   t->set_generated_tokens(out->timings.generated_tokens);

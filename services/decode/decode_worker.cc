@@ -9,6 +9,7 @@
 #include "engine/tokenizer/tokenizer.h"
 #include "kvcache/policy_kv_context.h"
 #include "services/common/convert.h"
+#include "services/channels/kv_channel.h"
 #include "services/decode/remote_block_fetcher.h"
 #include "services/common/session_policy.h"
 
@@ -134,7 +135,8 @@ absl::StatusOr<GenerateOutcome> DecodeWorker::GenerateOnSession(
   const int64_t version = mirror.version;
   LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<PolicyKvContext> kv,
                           PolicyKvContext::Adopt(config, policy, std::move(mirror.kv), backend_->pool()));
-  RemoteBlockFetcher fetcher(store_, params.session_id, lease, version, kv->mutable_sequence());
+  RemoteBlockFetcher fetcher(kv->mutable_sequence(),
+                             std::make_unique<GrpcKvChannel>(store_, params.session_id, lease, version));
   // The positional tail is attended at every step by clusterkv and full, and the prompt's rows are appended
   // into its last page: recall it before anything local is written.
   LIVEKV_RETURN_IF_ERROR(
@@ -200,8 +202,12 @@ absl::StatusOr<GenerateOutcome> DecodeWorker::GenerateOnSession(
     }
   }
   out.timings.decode_ms = MsSince(t0);
-  out.timings.recall_ms = fetcher.recall_seconds() * 1e3;
-  out.timings.recall_bytes = fetcher.recalled_bytes();
+  LIVEKV_RETURN_IF_ERROR(fetcher.Drain());
+  const FetchStats fetched = fetcher.stats();
+  out.timings.recall_ms = fetched.recall_seconds * 1e3;
+  out.timings.recall_blocked_ms = fetched.blocked_seconds * 1e3;
+  out.timings.recall_bytes = fetched.recalled_bytes;
+  out.timings.channel = fetcher.channel_name();
 
   if (params.append_turn) {
     if (prefill_ == nullptr) return absl::FailedPreconditionError("append_turn needs a prefill service");

@@ -49,8 +49,11 @@ struct GenerateParams {
 };
 
 struct GenerateTimings {
-  double prefill_ms = 0, first_token_ms = 0, decode_ms = 0, recall_ms = 0, one_shot_prefill_ms = 0;
+  double prefill_ms = 0, first_token_ms = 0, decode_ms = 0, one_shot_prefill_ms = 0;
+  double recall_ms = 0;          // spent recalling (on the recall thread, overlapped with compute when prefetched)
+  double recall_blocked_ms = 0;  // the decode thread waited for recalls
   int64_t recall_bytes = 0, prompt_tokens = 0, generated_tokens = 0;
+  std::string channel;
   double tokens_per_second() const {
     return decode_ms > 0 && generated_tokens > 1 ? (generated_tokens - 1) / (decode_ms / 1e3) : 0;
   }

@@ -185,21 +185,35 @@ absl::StatusOr<KvStoreClient::Mirror> KvStoreClient::LoadMirror(const std::strin
 absl::Status KvStoreClient::Recall(const std::string& session_id, const StoreLease& lease, int64_t version,
                                    const std::vector<BlockRequest>& requests, SequenceKv* mirror,
                                    int64_t* bytes_out) {
+  std::vector<absl::Span<uint8_t>> destinations;
+  for (const BlockRequest& r : requests) {
+    for (const BlockRef& b : r.blocks) {
+      LIVEKV_ASSIGN_OR_RETURN(absl::Span<uint8_t> span, mirror->BlockBytes(r.layer, r.kv_head, b));
+      destinations.push_back(span);
+    }
+  }
+  return RecallInto(session_id, lease, version, requests, destinations, bytes_out);
+}
+
+absl::Status KvStoreClient::RecallInto(const std::string& session_id, const StoreLease& lease, int64_t version,
+                                       const std::vector<BlockRequest>& requests,
+                                       const std::vector<absl::Span<uint8_t>>& destinations, int64_t* bytes_out) {
   v1::RecallRequest request;
   request.set_session_id(session_id);
   request.set_lease_id(lease.lease_id);
   request.set_version(version);
-  // Where each block's bytes go, in response order (ToBlockSets keeps the order given).
-  std::vector<absl::Span<uint8_t>> destinations;
-  int64_t expected = 0;
+  size_t blocks = 0;
   for (const BlockRequest& r : requests) {
+    // ToBlockSets keeps the order given, so response bytes follow `destinations`.
     for (v1::BlockSet& set : ToBlockSets(r.layer, r.kv_head, r.blocks)) *request.add_blocks() = std::move(set);
-    for (const BlockRef& b : r.blocks) {
-      LIVEKV_ASSIGN_OR_RETURN(absl::Span<uint8_t> span, mirror->BlockBytes(r.layer, r.kv_head, b));
-      destinations.push_back(span);
-      expected += static_cast<int64_t>(span.size());
-    }
+    blocks += r.blocks.size();
   }
+  if (blocks != destinations.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("recall of ", blocks, " blocks into ", destinations.size(),
+                                                   " destinations"));
+  }
+  int64_t expected = 0;
+  for (const absl::Span<uint8_t>& d : destinations) expected += static_cast<int64_t>(d.size());
   grpc::ClientContext context;
   SetDeadline(&context, timeout_);
   std::unique_ptr<grpc::ClientReader<v1::RecallChunk>> reader = stub_->Recall(&context, request);

@@ -75,6 +75,11 @@ class KvStoreClient {
   };
   absl::Status Recall(const std::string& session_id, const StoreLease& lease, int64_t version,
                       const std::vector<BlockRequest>& requests, SequenceKv* mirror, int64_t* bytes_out);
+  // The same into explicit destinations: one span per block, in request order, each exactly the block's run
+  // (SequenceKv::BlockBytes of a mirror of this session). For fetching on another thread than the mirror's owner.
+  absl::Status RecallInto(const std::string& session_id, const StoreLease& lease, int64_t version,
+                          const std::vector<BlockRequest>& requests,
+                          const std::vector<absl::Span<uint8_t>>& destinations, int64_t* bytes_out);
 
   // Two-phase append of n tokens: keys[layer]/values[layer] hold n token-major rows ([n][kv_heads][head_dim] of
   // the session dtype, raw bytes), then the maintenance to apply after them; commit. Sends rows in messages of at

@@ -108,14 +108,19 @@ TEST_F(E2eTest, AnswersEqualTheInProcessEngineTokenForToken) {
   struct Case {
     PolicyKind kind;
     bool sparse_prefill;
+    bool speculative = false;
+    float tau = 0.8f;
   };
   for (const Case c : {Case{PolicyKind::kClusterKv, false}, Case{PolicyKind::kClusterKv, true},
+                       Case{PolicyKind::kClusterKv, true, true, 0.8f}, Case{PolicyKind::kClusterKv, true, true, -1.0f},
                        Case{PolicyKind::kFull, false}, Case{PolicyKind::kQuest, true}}) {
     const PolicyKind kind = c.kind;
     PolicyOptions policy;
     policy.kind = kind;
     policy.budget = 512;
     policy.sparse_prefill = c.sparse_prefill;
+    policy.speculative = c.speculative;
+    policy.correction_threshold = c.tau;
     const Doc doc = ReadDoc("models/tiny/eval/multikey_2048.jsonl", 3);
     auto session = cluster_->CreateSession(policy);
     ASSERT_TRUE(session.ok()) << session.status();
@@ -129,9 +134,10 @@ TEST_F(E2eTest, AnswersEqualTheInProcessEngineTokenForToken) {
     ASSERT_TRUE(a.status.ok()) << a.status.error_message();
     const std::vector<int32_t> want = InProcessAnswer(policy, tok.EncodeWithSpecials(doc.document).value(),
                                                       tok.Encode(doc.question).value(), 10);
-    const std::string label = absl::StrCat(PolicyKindName(kind), c.sparse_prefill ? " (question retrieves)" : "");
+    const std::string label = absl::StrCat(PolicyKindName(kind), c.sparse_prefill ? " (question retrieves)" : "",
+                                           c.speculative ? absl::StrCat(" speculative, tau ", c.tau) : "");
     EXPECT_EQ(a.ids, want) << label;
-    EXPECT_EQ(a.text, doc.answer) << label;
+    if (!c.speculative || c.tau > 0) EXPECT_EQ(a.text, doc.answer) << label;
     EXPECT_EQ(a.last.finish_reason(), "eos");
     EXPECT_GT(a.last.timings().recall_bytes(), 0);
     // When the question retrieves too, decode recalls a fraction of the session (dense layers 0-1 read it all).
