@@ -1,5 +1,6 @@
 #include "engine/dtype.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace livekv {
@@ -119,6 +120,23 @@ void ConvertFromF32(const float* src, size_t n, DType dst_type, void* dst) {
     }
     default:
       break;
+  }
+}
+
+void ConvertFloats(const void* src, DType src_type, void* dst, DType dst_type, size_t n) {
+  if (src_type == dst_type) {
+    std::memcpy(dst, src, n * DTypeSize(src_type));
+  } else if (dst_type == DType::kF32) {
+    ConvertToF32(src, src_type, n, static_cast<float*>(dst));
+  } else if (src_type == DType::kF32) {
+    ConvertFromF32(static_cast<const float*>(src), n, dst_type, dst);
+  } else {
+    float tmp[256];
+    for (size_t done = 0; done < n; done += 256) {
+      const size_t m = std::min<size_t>(256, n - done);
+      ConvertToF32(static_cast<const uint8_t*>(src) + done * DTypeSize(src_type), src_type, m, tmp);
+      ConvertFromF32(tmp, m, dst_type, static_cast<uint8_t*>(dst) + done * DTypeSize(dst_type));
+    }
   }
 }
 

@@ -58,6 +58,10 @@ void ConvertToF32(const void* src, DType src_type, size_t n, float* dst);
 // Converts n fp32 values to `dst_type`. REQUIRES: dst_type is kF32, kBF16 or kF16.
 void ConvertFromF32(const float* src, size_t n, DType dst_type, void* dst);
 
+// Converts n elements between any two float types (a copy when they are the same).
+// REQUIRES: both are kF32, kBF16 or kF16; src and dst do not overlap.
+void ConvertFloats(const void* src, DType src_type, void* dst, DType dst_type, size_t n);
+
 }  // namespace livekv
 
 #endif  // LIVEKV_ENGINE_DTYPE_H_

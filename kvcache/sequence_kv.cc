@@ -10,25 +10,6 @@
 #include "common/thread_pool.h"
 
 namespace livekv {
-namespace {
-
-// Converts one row of `n` elements between float types (same type: a copy).
-void ConvertRow(const void* src, DType st, void* dst, DType dt, int64_t n) {
-  if (st == dt) {
-    std::memcpy(dst, src, n * DTypeSize(st));
-  } else if (dt == DType::kF32) {
-    ConvertToF32(src, st, n, static_cast<float*>(dst));
-  } else if (st == DType::kF32) {
-    ConvertFromF32(static_cast<const float*>(src), n, dt, dst);
-  } else {
-    std::vector<float> tmp(n);
-    ConvertToF32(src, st, n, tmp.data());
-    ConvertFromF32(tmp.data(), n, dt, dst);
-  }
-}
-
-}  // namespace
-
 absl::Status KvGeometry::Validate() const {
   LIVEKV_RETURN_IF_ERROR(layout.Validate());
   if (num_layers <= 0) return absl::InvalidArgumentError(absl::StrCat("num_layers must be positive, saw ", num_layers));
@@ -152,8 +133,8 @@ absl::Status SequenceKv::Append(int32_t layer, const void* k, const void* v, int
         row = static_cast<int32_t>(pos - p.first_position);
         p.count = std::max(p.count, row + 1);
       }
-      ConvertRow(ks + src, dtype, L.KRow(page, row), L.dtype, d);
-      ConvertRow(vs + src, dtype, L.VRow(page, row), L.dtype, d);
+      ConvertFloats(ks + src, dtype, L.KRow(page, row), L.dtype, d);
+      ConvertFloats(vs + src, dtype, L.VRow(page, row), L.dtype, d);
     }
   }
   pending_[layer] += n;
@@ -205,7 +186,7 @@ void SequenceKv::Summarise(HeadKv& head, int32_t page_index) {
   std::vector<float> hi(d, -std::numeric_limits<float>::infinity()), lo(d, std::numeric_limits<float>::infinity());
   std::vector<float> row(d);
   for (int32_t r = 0; r < L.page_tokens; ++r) {
-    ConvertRow(L.KRow(page, r), L.dtype, row.data(), DType::kF32, d);
+    ConvertFloats(L.KRow(page, r), L.dtype, row.data(), DType::kF32, d);
     for (int64_t c = 0; c < d; ++c) {
       hi[c] = std::max(hi[c], row[c]);
       lo[c] = std::min(lo[c], row[c]);
@@ -276,7 +257,7 @@ absl::StatusOr<HeadClustering> SequenceKv::PlanHead(int32_t layer, int32_t h, in
     const HeadKv::Page& page = head.pages_[p];
     const uint8_t* addr = PageAddress(page.pool_page);
     for (int32_t r = 0; r < page.count; ++r, ++i) {
-      ConvertRow(L.KRow(addr, r), L.dtype, &keys[i * d], DType::kF32, d);
+      ConvertFloats(L.KRow(addr, r), L.dtype, &keys[i * d], DType::kF32, d);
       positions[i] = static_cast<int32_t>(page.first_position + r);
     }
   }

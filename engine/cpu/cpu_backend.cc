@@ -32,21 +32,6 @@ absl::Status RequireF32(absl::string_view op, std::initializer_list<const Tensor
 
 bool IsFloat(DType t) { return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16; }
 
-// Converts n elements between any two float types (or copies same-type data).
-void ConvertElements(const void* src, DType st, void* dst, DType dt, int64_t n) {
-  if (st == dt) {
-    std::memcpy(dst, src, n * DTypeSize(st));
-  } else if (dt == DType::kF32) {
-    ConvertToF32(src, st, n, static_cast<float*>(dst));
-  } else if (st == DType::kF32) {
-    ConvertFromF32(static_cast<const float*>(src), n, dt, dst);
-  } else {
-    std::vector<float> tmp(n);
-    ConvertToF32(src, st, n, tmp.data());
-    ConvertFromF32(tmp.data(), n, dt, dst);
-  }
-}
-
 }  // namespace
 
 CpuBackend::CpuBackend(const CpuBackendOptions& options) {
@@ -78,7 +63,7 @@ absl::Status CpuBackend::CopyFromHost(const void* src, DType src_dtype, TensorVi
     return absl::InvalidArgumentError(absl::StrCat("copy from host: cannot convert ", DTypeName(src_dtype), " to ",
                                                    DTypeName(dst.dtype)));
   }
-  ConvertElements(src, src_dtype, dst.data, dst.dtype, dst.numel());
+  ConvertFloats(src, src_dtype, dst.data, dst.dtype, dst.numel());
   return absl::OkStatus();
 }
 
@@ -86,7 +71,7 @@ absl::Status CpuBackend::CopyToHost(TensorView src, float* dst) {
   if (!IsFloat(src.dtype)) {
     return absl::InvalidArgumentError(absl::StrCat("copy to host: ", DTypeName(src.dtype), " is not a float type"));
   }
-  ConvertElements(src.data, src.dtype, dst, DType::kF32, src.numel());
+  ConvertFloats(src.data, src.dtype, dst, DType::kF32, src.numel());
   return absl::OkStatus();
 }
 
@@ -244,7 +229,7 @@ absl::Status CpuBackend::ScatterHeadMajor(TensorView src, TensorView dst, int64_
   const size_t se = DTypeSize(src.dtype), de = DTypeSize(dst.dtype);
   for (int64_t r = 0; r < n; ++r) {
     for (int64_t h = 0; h < heads; ++h) {
-      ConvertElements(static_cast<const char*>(src.data) + ((r * heads + h) * d) * se, src.dtype,
+      ConvertFloats(static_cast<const char*>(src.data) + ((r * heads + h) * d) * se, src.dtype,
                       static_cast<char*>(dst.data) + ((h * cap + row0 + r) * d) * de, dst.dtype, d);
     }
   }

@@ -50,13 +50,7 @@ class RecordingKvContext : public KvContext {
   void Record(TensorView t, std::string* out) {
     const size_t old = out->size();
     out->resize(old + t.numel() * DTypeSize(dtype_));
-    if (t.dtype == dtype_) {
-      std::memcpy(&(*out)[old], t.data, t.nbytes());
-    } else {
-      std::vector<float> tmp(t.numel());
-      ConvertToF32(t.data, t.dtype, t.numel(), tmp.data());
-      ConvertFromF32(tmp.data(), tmp.size(), dtype_, &(*out)[old]);
-    }
+    ConvertFloats(t.data, t.dtype, &(*out)[old], dtype_, t.numel());
   }
 
   PolicyKvContext* inner_;
