@@ -50,6 +50,9 @@ class Backend {
   // The dtype of activations and of the weights this backend keeps (fp32 on the CPU, bf16 on CUDA).
   virtual DType activation_dtype() const = 0;
   virtual DType weight_dtype() const = 0;
+  // The dtype the transformer allocates its logits buffer in (the LM head's output). fp32 on CUDA, where the
+  // activations are bf16 but logits are kept in fp32 for sampling; the activation dtype by default.
+  virtual DType logits_dtype() const { return activation_dtype(); }
 
   // --- Memory --------------------------------------------------------------------------------------------
   // RESOURCE_EXHAUSTED when the memory is not available.

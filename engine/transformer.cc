@@ -50,7 +50,7 @@ absl::Status Transformer::AllocateActivations() {
       {&logits_, {logit_rows_, config_.vocab_size}},
   };
   for (const auto& [tensor, shape] : buffers) {
-    LIVEKV_ASSIGN_OR_RETURN(*tensor, backend_->Allocate(t, shape));
+    LIVEKV_ASSIGN_OR_RETURN(*tensor, backend_->Allocate(tensor == &logits_ ? backend_->logits_dtype() : t, shape));
   }
   return absl::OkStatus();
 }

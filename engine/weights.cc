@@ -161,6 +161,20 @@ absl::StatusOr<ModelWeights> LoadWeights(const ModelConfig& config, const Safete
   return w;
 }
 
+absl::StatusOr<std::vector<TensorView>> AllocateWeightLayout(const ModelConfig& config, Backend* backend,
+                                                             ModelWeights* weights) {
+  LIVEKV_RETURN_IF_ERROR(config.Validate());
+  *weights = ModelWeights();
+  LIVEKV_ASSIGN_OR_RETURN(std::vector<Placement> places, AllocateLayout(config, backend, weights));
+  const std::vector<HfTensorSpec> specs = HfTensorSpecs(config);
+  std::vector<TensorView> views;
+  views.reserve(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) views.push_back(Destination(places[i], specs[i].shape[0]));
+  return views;
+}
+
+uint64_t DummyTensorStream(uint64_t seed, size_t spec_index) { return SplitMix64(seed ^ SplitMix64(spec_index + 1)); }
+
 std::vector<float> DummyHfTensor(const ModelConfig& config, uint64_t seed, size_t spec_index, float stddev) {
   const std::vector<HfTensorSpec> specs = HfTensorSpecs(config);
   const HfTensorSpec& spec = specs[spec_index];
@@ -173,7 +187,7 @@ std::vector<float> DummyHfTensor(const ModelConfig& config, uint64_t seed, size_
   }
   // Uniform on [-a, a] has standard deviation a / sqrt(3).
   const float a = stddev * std::sqrt(3.0f);
-  const uint64_t stream = SplitMix64(seed ^ SplitMix64(spec_index + 1));
+  const uint64_t stream = DummyTensorStream(seed, spec_index);
   ThreadPool::Default()->ParallelFor(
       n,
       [&](int64_t b, int64_t e) {

@@ -63,6 +63,16 @@ absl::StatusOr<ModelWeights> DummyWeights(const ModelConfig& config, uint64_t se
 // The fp32 values of one tensor of the dummy checkpoint (index into HfTensorSpecs).
 std::vector<float> DummyHfTensor(const ModelConfig& config, uint64_t seed, size_t spec_index, float stddev = 0.02f);
 
+// For loaders that fill the weights themselves (the CUDA backend's device-side dummy fill): allocates the fused
+// layout of `config` in `backend`'s memory (its weight dtype) into `weights` and returns, for each tensor of
+// HfTensorSpecs(config) in order, the view it fills (a row range of a fused tensor, or a whole tensor).
+absl::StatusOr<std::vector<TensorView>> AllocateWeightLayout(const ModelConfig& config, Backend* backend,
+                                                             ModelWeights* weights);
+
+// The generator DummyHfTensor uses for tensor `spec_index`: element i is derived from SplitMix64(stream + i) as
+// u = (bits >> 11) * 2^-53 (a double in [0, 1)), value = float((2u - 1) * a) with a = float(stddev * sqrt(3.0f)).
+uint64_t DummyTensorStream(uint64_t seed, size_t spec_index);
+
 }  // namespace livekv
 
 #endif  // LIVEKV_ENGINE_WEIGHTS_H_

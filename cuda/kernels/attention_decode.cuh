@@ -32,6 +32,7 @@ struct DecodeParams {
   const int64_t* q_positions;   // [num_seqs]: the query's position (read only when window > 0)
   float* partial_o;             // [num_items][group][d]
   float* partial_ml;            // [num_items][group][2] (max in log2 units, sum)
+  int32_t* counters;            // [num_slots * gridDim.y], zero between launches (pipelined kernel only)
   int32_t hq, hkv, group;
   float scale_log2;             // softmax scale * log2(e)
   int64_t window;               // 0: none; else key visible iff q_pos - key_pos < window
@@ -39,7 +40,7 @@ struct DecodeParams {
 
 // grid: (num_items, ceil(group / kGroup)); block: 32 * kDecodeWarps.
 template <int kD, int kGroup>
-__global__ void __launch_bounds__(32 * kDecodeWarps) DecodeKernel(DecodeParams p) {
+static __global__ void __launch_bounds__(32 * kDecodeWarps) DecodeKernel(DecodeParams p) {
   constexpr int kLanesPerKey = kD / 8;             // 16-byte chunks per row
   constexpr int kKeysPerWarp = 32 / kLanesPerKey;  // rows one warp loads per step
   constexpr int kStates = kDecodeWarps * kKeysPerWarp;
@@ -191,7 +192,7 @@ struct DecodeCombineParams {
   int32_t hq, hkv, group, d;
 };
 
-__global__ void DecodeCombineKernel(DecodeCombineParams p) {
+static __global__ void DecodeCombineKernel(DecodeCombineParams p) {
   const int slot = blockIdx.x, h = blockIdx.y;
   const int i0 = p.slot_items[slot], i1 = p.slot_items[slot + 1];
   if (i1 - i0 <= 1) return;  // written by DecodeKernel
@@ -210,6 +211,640 @@ __global__ void DecodeCombineKernel(DecodeCombineParams p) {
       }
     }
     out[d] = ToBf16(sum > 0.0f ? o / sum : 0.0f);
+  }
+}
+
+// ---- Pipelined split-KV decode with the combine fused in ----------------------------------------------------------
+// CTA = (item, chunk of kG query heads of one KV head), 128 threads. The item's keys stream through shared memory in
+// tiles of 32 keys (K rows then V rows, cp.async, kStages deep), so kStages - 1 tiles are in flight while the CTA
+// computes on one, without holding them in registers. Per tile:
+//   S = q.K   warp w scores keys 8w..8w+7: lane = key (lane & 7) x part (lane >> 3), part p owns 16-byte chunks
+//             p, p+4, ... of the row (conflict-free with the 16-byte row padding); two shuffles sum the parts;
+//   softmax   warp w keeps the running max and sum of heads w, w + 4 (log2 domain), one key per lane;
+//   O += P.V  thread t owns output column t % min(D, 128) (+128) of heads t / min(D, 128) (+ stride);
+// every K/V row loaded is used by all kG query heads (GQA sharing). A slot cut into several items writes partial
+// (o, m, l) per item; the last CTA of the slot to finish (an atomic counter per slot and grid.y chunk, which that
+// CTA resets to zero) merges them, so one launch does the whole attention.
+
+constexpr int kPipeThreads = 128;
+constexpr int kPipeKeys = 32;
+
+// kStagesWanted: shared-memory tiles per CTA (kStages - 1 in flight while one is consumed); 0 picks the default.
+template <int kD, int kStagesWanted = 0>
+struct PipeShape {
+  static constexpr int kChunks = kD / 8;               // 16-byte chunks per row
+  static constexpr int kChunksPerLane = kChunks / 4;   // 4 lanes per key
+  static constexpr int kStride = kD * 2 + 16;          // bytes per padded shared row
+  static constexpr int kStages = kStagesWanted > 0 ? kStagesWanted : (kD <= 64 ? 4 : 3);
+  static constexpr int kTileBytes = 2 * kPipeKeys * kStride;
+  static constexpr int kCols = kD < kPipeThreads ? kD : kPipeThreads;  // columns per pass
+  static constexpr int kHeadStride = kPipeThreads / kCols;            // threads sharing a column
+  static constexpr int kColPasses = kD / kCols;
+  static_assert(kChunksPerLane >= 1 && kChunks % 4 == 0, "head_dim must be a multiple of 32");
+};
+
+template <int kD, int kStages = 0>
+constexpr size_t PipeDynamicSharedBytes() {
+  return static_cast<size_t>(PipeShape<kD, kStages>::kStages) * PipeShape<kD, kStages>::kTileBytes;
+}
+
+constexpr int kMergeMaxItems = 256;  // items of one slot whose merge weights fit in the tile memory at once
+
+// grid: (num_items, ceil(group / kG)); block: kPipeThreads; dynamic shared memory PipeDynamicSharedBytes<kD, kSt>().
+template <int kD, int kG, int kSt = 0>
+static __global__ void __launch_bounds__(kPipeThreads) DecodePipelinedKernel(DecodeParams p) {
+  using S = PipeShape<kD, kSt>;
+  constexpr int kHeadsPerThread = (kG + S::kHeadStride - 1) / S::kHeadStride;
+  constexpr int kHeadsPerWarp = (kG + 3) / 4;
+  extern __shared__ __align__(16) unsigned char tiles[];
+  __shared__ int32_t s_tok[kMaxRunsPerItem];
+  __shared__ const bf16* s_k[kMaxRunsPerItem];
+  __shared__ const bf16* s_v[kMaxRunsPerItem];
+  __shared__ int64_t s_pos[kMaxRunsPerItem];
+  __shared__ __align__(16) float s_q[kG][kD];
+  __shared__ float s_p[kG][kPipeKeys];
+  __shared__ float s_alpha[kG], s_m[kG], s_l[kG];
+  __shared__ int s_last;
+
+  const DecodeItem item = p.items[blockIdx.x];
+  const int h0 = blockIdx.y * kG;
+  const int heads = min(kG, p.group - h0);
+  const int seq = item.slot / p.hkv, kvh = item.slot % p.hkv;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  for (int i = tid; i < item.run_count; i += kPipeThreads) {
+    const RunDesc r = p.table.runs[item.run_begin + i];
+    s_tok[i] = r.token_begin;
+    s_k[i] = r.k;
+    s_v[i] = r.v;
+    s_pos[i] = r.first_position;
+  }
+  for (int i = tid; i < kG * kD; i += kPipeThreads) {
+    const int h = i / kD, d = i % kD;
+    float x = 0.0f;
+    if (h < heads) x = ToFloat(p.q[(static_cast<int64_t>(seq) * p.hq + kvh * p.group + h0 + h) * kD + d]) * p.scale_log2;
+    s_q[h][d] = x;
+  }
+  __syncthreads();
+
+  const int64_t q_pos = p.window > 0 ? p.q_positions[seq] : 0;
+  const int num_tiles = (item.token_end - item.token_begin + kPipeKeys - 1) / kPipeKeys;
+  const int lkey = warp * 8 + (lane & 7), part = lane >> 3;
+
+  auto load_tile = [&](int tile) {
+    unsigned char* kb = tiles + (tile % S::kStages) * S::kTileBytes + lkey * S::kStride;
+    unsigned char* vb = kb + kPipeKeys * S::kStride;
+    const int t = item.token_begin + tile * kPipeKeys + lkey;
+    const bf16* kp = p.q;  // any valid address: a zero-byte source is not read
+    const bf16* vp = p.q;
+    int bytes = 0;
+    if (t < item.token_end) {
+      const int r = FindRunIn(s_tok, item.run_count, t);
+      const int64_t row = t - s_tok[r];
+      kp = s_k[r] + row * kD;
+      vp = s_v[r] + row * kD;
+      bytes = 16;
+    }
+#pragma unroll
+    for (int j = 0; j < S::kChunksPerLane; ++j) {
+      const int c = part + 4 * j;
+      CpAsync16(kb + c * 16, kp + (bytes ? c * 8 : 0), bytes);
+      CpAsync16(vb + c * 16, vp + (bytes ? c * 8 : 0), bytes);
+    }
+  };
+
+  float m_run[kHeadsPerWarp], l_run[kHeadsPerWarp];
+#pragma unroll
+  for (int i = 0; i < kHeadsPerWarp; ++i) m_run[i] = -INFINITY, l_run[i] = 0.0f;
+  float acc[kHeadsPerThread][S::kColPasses];
+#pragma unroll
+  for (int i = 0; i < kHeadsPerThread; ++i) {
+#pragma unroll
+    for (int e = 0; e < S::kColPasses; ++e) acc[i][e] = 0.0f;
+  }
+  const int col0 = tid % S::kCols, hsub = tid / S::kCols;
+
+#pragma unroll
+  for (int st = 0; st < S::kStages - 1; ++st) {
+    if (st < num_tiles) load_tile(st);
+    CpAsyncCommit();
+  }
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    CpAsyncWait<S::kStages - 2>();
+    __syncthreads();  // the tile is visible to all; the stage loaded next was consumed by the previous iteration
+    if (tile + S::kStages - 1 < num_tiles) load_tile(tile + S::kStages - 1);
+    CpAsyncCommit();
+    const unsigned char* kb = tiles + (tile % S::kStages) * S::kTileBytes;
+    const unsigned char* vb = kb + kPipeKeys * S::kStride;
+
+    // Scores.
+    const int t = item.token_begin + tile * kPipeKeys + lkey;
+    bool valid = t < item.token_end;
+    if (valid && p.window > 0) {
+      const int r = FindRunIn(s_tok, item.run_count, t);
+      valid = q_pos - (s_pos[r] + (t - s_tok[r])) < p.window;
+    }
+    float dot[kG];
+#pragma unroll
+    for (int h = 0; h < kG; ++h) dot[h] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < S::kChunksPerLane; ++j) {
+      const int c = part + 4 * j;
+      float kf[8];
+      Unpack8(*reinterpret_cast<const uint4*>(kb + lkey * S::kStride + c * 16), kf);
+#pragma unroll
+      for (int h = 0; h < kG; ++h) {
+        const float4 qa = *reinterpret_cast<const float4*>(&s_q[h][c * 8]);
+        const float4 qb = *reinterpret_cast<const float4*>(&s_q[h][c * 8 + 4]);
+        float d = dot[h];
+        d = fmaf(qa.x, kf[0], d);
+        d = fmaf(qa.y, kf[1], d);
+        d = fmaf(qa.z, kf[2], d);
+        d = fmaf(qa.w, kf[3], d);
+        d = fmaf(qb.x, kf[4], d);
+        d = fmaf(qb.y, kf[5], d);
+        d = fmaf(qb.z, kf[6], d);
+        d = fmaf(qb.w, kf[7], d);
+        dot[h] = d;
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < kG; ++h) {
+      dot[h] += __shfl_xor_sync(0xffffffffu, dot[h], 8);
+      dot[h] += __shfl_xor_sync(0xffffffffu, dot[h], 16);
+    }
+    if (part == 0) {
+#pragma unroll
+      for (int h = 0; h < kG; ++h) s_p[h][lkey] = valid ? dot[h] : -INFINITY;
+    }
+    __syncthreads();
+
+    // Online softmax: warp w owns heads w, w + 4 (warp-uniform branches).
+#pragma unroll
+    for (int i = 0; i < kHeadsPerWarp; ++i) {
+      const int h = warp + 4 * i;
+      if (h < kG) {
+        const float sc = s_p[h][lane];
+        const float mn = fmaxf(m_run[i], WarpMax(sc));
+        const float alpha = mn == -INFINITY ? 1.0f : exp2f(m_run[i] - mn);
+        const float pe = sc == -INFINITY ? 0.0f : exp2f(sc - mn);
+        l_run[i] = l_run[i] * alpha + WarpSum(pe);
+        m_run[i] = mn;
+        s_p[h][lane] = pe;
+        if (lane == 0) s_alpha[h] = alpha;
+      }
+    }
+    __syncthreads();
+
+    // O = O * alpha + P V.
+#pragma unroll
+    for (int i = 0; i < kHeadsPerThread; ++i) {
+      const int h = hsub + S::kHeadStride * i;
+      if (h < kG) {
+        const float a = s_alpha[h];
+#pragma unroll
+        for (int e = 0; e < S::kColPasses; ++e) acc[i][e] *= a;
+      }
+    }
+#pragma unroll 8
+    for (int k = 0; k < kPipeKeys; ++k) {
+      float vv[S::kColPasses];
+#pragma unroll
+      for (int e = 0; e < S::kColPasses; ++e) {
+        vv[e] = ToFloat(*reinterpret_cast<const bf16*>(vb + k * S::kStride + (col0 + e * S::kCols) * 2));
+      }
+#pragma unroll
+      for (int i = 0; i < kHeadsPerThread; ++i) {
+        const int h = hsub + S::kHeadStride * i;
+        if (h < kG) {
+          const float pk = s_p[h][k];
+#pragma unroll
+          for (int e = 0; e < S::kColPasses; ++e) acc[i][e] = fmaf(pk, vv[e], acc[i][e]);
+        }
+      }
+    }
+  }
+  CpAsyncWait<0>();
+
+#pragma unroll
+  for (int i = 0; i < kHeadsPerWarp; ++i) {
+    const int h = warp + 4 * i;
+    if (h < kG && lane == 0) {
+      s_m[h] = m_run[i];
+      s_l[h] = l_run[i];
+    }
+  }
+  __syncthreads();
+
+  const int64_t out_base = (static_cast<int64_t>(seq) * p.hq + kvh * p.group + h0) * kD;
+  if (item.num_slot_items == 1) {
+#pragma unroll
+    for (int i = 0; i < kHeadsPerThread; ++i) {
+      const int h = hsub + S::kHeadStride * i;
+      if (h < heads) {
+        const float l = s_l[h];
+#pragma unroll
+        for (int e = 0; e < S::kColPasses; ++e) {
+          p.out[out_base + h * kD + col0 + e * S::kCols] = ToBf16(l > 0.0f ? acc[i][e] / l : 0.0f);
+        }
+      }
+    }
+    return;
+  }
+  // Split slot: publish this item's partial state, then the last CTA of the slot merges all of them.
+#pragma unroll
+  for (int i = 0; i < kHeadsPerThread; ++i) {
+    const int h = hsub + S::kHeadStride * i;
+    if (h < heads) {
+      const int64_t pi = static_cast<int64_t>(blockIdx.x) * p.group + h0 + h;
+#pragma unroll
+      for (int e = 0; e < S::kColPasses; ++e) p.partial_o[pi * kD + col0 + e * S::kCols] = acc[i][e];
+    }
+  }
+  if (tid < heads) {
+    const int64_t pi = static_cast<int64_t>(blockIdx.x) * p.group + h0 + tid;
+    p.partial_ml[pi * 2] = s_m[tid];
+    p.partial_ml[pi * 2 + 1] = s_l[tid];
+  }
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    int32_t* counter = p.counters + static_cast<int64_t>(item.slot) * gridDim.y + blockIdx.y;
+    const int prev = atomicAdd(counter, 1);
+    s_last = prev == item.num_slot_items - 1;
+    if (s_last) *counter = 0;  // every item of the slot has arrived: ready for the next launch
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  // Merge: per head the max and normaliser over the slot's items (warp w: heads w, w + 4), then each thread sums
+  // its output columns over the items with weights staged in the (now idle) tile memory.
+  const int i0 = item.first_slot_item, n_items = item.num_slot_items;
+#pragma unroll
+  for (int i = 0; i < kHeadsPerWarp; ++i) {
+    const int h = warp + 4 * i;
+    if (h < heads) {
+      float mx = -INFINITY;
+      for (int it = lane; it < n_items; it += 32) {
+        mx = fmaxf(mx, __ldcg(&p.partial_ml[(static_cast<int64_t>(i0 + it) * p.group + h0 + h) * 2]));
+      }
+      mx = WarpMax(mx);
+      float tot = 0.0f;
+      if (mx != -INFINITY) {
+        for (int it = lane; it < n_items; it += 32) {
+          const int64_t pi = static_cast<int64_t>(i0 + it) * p.group + h0 + h;
+          tot += __ldcg(&p.partial_ml[pi * 2 + 1]) * exp2f(__ldcg(&p.partial_ml[pi * 2]) - mx);
+        }
+      }
+      tot = WarpSum(tot);
+      if (lane == 0) {
+        s_m[h] = mx;
+        s_l[h] = tot;
+      }
+    }
+  }
+  __syncthreads();
+  float* s_w = reinterpret_cast<float*>(tiles);  // [kG][kMergeMaxItems]
+  float o[kHeadsPerThread][S::kColPasses];
+#pragma unroll
+  for (int i = 0; i < kHeadsPerThread; ++i) {
+#pragma unroll
+    for (int e = 0; e < S::kColPasses; ++e) o[i][e] = 0.0f;
+  }
+  for (int c0 = 0; c0 < n_items; c0 += kMergeMaxItems) {
+    const int cn = min(kMergeMaxItems, n_items - c0);
+    for (int idx = tid; idx < heads * cn; idx += kPipeThreads) {
+      const int h = idx / cn, it = idx % cn;
+      const int64_t pi = static_cast<int64_t>(i0 + c0 + it) * p.group + h0 + h;
+      const float mx = s_m[h], tot = s_l[h];
+      s_w[h * kMergeMaxItems + it] = (mx == -INFINITY || !(tot > 0.0f)) ? 0.0f : exp2f(__ldcg(&p.partial_ml[pi * 2]) - mx) / tot;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kHeadsPerThread; ++i) {
+      const int h = hsub + S::kHeadStride * i;
+      if (h < heads) {
+        const float* w = s_w + h * kMergeMaxItems;
+        const float* po = p.partial_o + (static_cast<int64_t>(i0 + c0) * p.group + h0 + h) * kD + col0;
+        const int64_t step = static_cast<int64_t>(p.group) * kD;
+#pragma unroll 4
+        for (int it = 0; it < cn; ++it) {
+#pragma unroll
+          for (int e = 0; e < S::kColPasses; ++e) o[i][e] = fmaf(w[it], __ldcg(po + it * step + e * S::kCols), o[i][e]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < kHeadsPerThread; ++i) {
+    const int h = hsub + S::kHeadStride * i;
+    if (h < heads) {
+#pragma unroll
+      for (int e = 0; e < S::kColPasses; ++e) p.out[out_base + h * kD + col0 + e * S::kCols] = ToBf16(o[i][e]);
+    }
+  }
+}
+
+// ---- Tensor-core split-KV decode ----------------------------------------------------------------------------------
+// The same work split and fused merge as DecodePipelinedKernel, with the arithmetic on tensor cores (mma.sync
+// m16n8k16, bf16 in, fp32 accumulate), which cuts the instructions per byte about 7x: the kG query heads of the CTA
+// are the rows of a 16-row A tile (rows past kG are zero). Each of the 4 warps streams its own sequence of 16-key
+// tiles (tiles w, w + 4, ... of the item) through its own cp.async stages and keeps its own online softmax, so a
+// tile needs no CTA barrier:
+//   S (16 x 16 keys) = Q K^T   8 k-steps x 2 n-tiles of 8 keys, B fragments straight from the K rows in shared memory;
+//   P = exp2(S * scale - m)    on the accumulator fragments (row = head g = lane / 4, columns 2t, 2t + 1);
+//   O (16 x D) += P V          P repacked as the A fragment, V B fragments from shared memory (conflict-free).
+// The 4 warp states merge through shared memory at the end; split slots then merge across CTAs as before.
+
+constexpr int kMmaWarps = 4;
+constexpr int kMmaKeys = 16;  // keys per warp tile
+
+template <int kD, int kStages>
+struct MmaShape {
+  static constexpr int kStride = kD * 2 + 16;                   // bytes per padded shared row
+  static constexpr int kTileBytes = 2 * kMmaKeys * kStride;     // K rows then V rows
+  static constexpr int kWarpBytes = kStages * kTileBytes;
+  static constexpr int kChunksPerLane = kD / 8 / 2;             // 16-byte chunks per lane: 2 lanes per key
+};
+
+template <int kD, int kStages>
+constexpr size_t MmaDynamicSharedBytes() {
+  const size_t tiles = static_cast<size_t>(kMmaWarps) * MmaShape<kD, kStages>::kWarpBytes;
+  const size_t merge = static_cast<size_t>(kMmaWarps) * 8 * kD * 4;  // per warp O rows of 8 heads
+  return tiles > merge ? tiles : merge;
+}
+
+// grid: (num_items, ceil(group / 8)); block: 32 * kMmaWarps; dynamic shared memory MmaDynamicSharedBytes<kD, kStages>().
+template <int kD, int kStages>
+static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeParams p) {
+  using S = MmaShape<kD, kStages>;
+  constexpr int kG = 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int32_t s_tok[kMaxRunsPerItem];
+  __shared__ const bf16* s_k[kMaxRunsPerItem];
+  __shared__ const bf16* s_v[kMaxRunsPerItem];
+  __shared__ int64_t s_pos[kMaxRunsPerItem];
+  __shared__ uint8_t s_ok[kMmaWarps][kStages][kMmaKeys];
+  __shared__ float s_wm[kMmaWarps][kG], s_wl[kMmaWarps][kG];
+  __shared__ float s_m[kG], s_l[kG];
+  __shared__ int s_last;
+
+  const DecodeItem item = p.items[blockIdx.x];
+  const int h0 = blockIdx.y * kG;
+  const int heads = min(kG, p.group - h0);
+  const int seq = item.slot / p.hkv, kvh = item.slot % p.hkv;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+
+  for (int i = tid; i < item.run_count; i += blockDim.x) {
+    const RunDesc r = p.table.runs[item.run_begin + i];
+    s_tok[i] = r.token_begin;
+    s_k[i] = r.k;
+    s_v[i] = r.v;
+    s_pos[i] = r.first_position;
+  }
+  __syncthreads();
+
+  // Q as A fragments (rows g < heads; rows g + 8 are padding): a0 = Q[g][16kk + 2t..], a2 = Q[g][16kk + 2t + 8..].
+  uint32_t qa[kD / 16][2];
+  const bf16* qrow = p.q + (static_cast<int64_t>(seq) * p.hq + kvh * p.group + h0 + g) * kD;
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    qa[kk][0] = g < heads ? LoadU32(qrow + kk * 16 + 2 * t) : 0u;
+    qa[kk][1] = g < heads ? LoadU32(qrow + kk * 16 + 2 * t + 8) : 0u;
+  }
+
+  const int64_t q_pos = p.window > 0 ? p.q_positions[seq] : 0;
+  const int num_tiles = (item.token_end - item.token_begin + kMmaKeys - 1) / kMmaKeys;
+  unsigned char* wbase = smem + warp * S::kWarpBytes;
+  const int lkey = lane & 15, half = lane >> 4;
+
+  // This warp's tiles: w, w + 4, ...; its n-th tile goes to stage n % kStages.
+  auto load = [&](int n) {
+    const int tile = warp + n * kMmaWarps;
+    const int st = n % kStages;
+    unsigned char* kb = wbase + st * S::kTileBytes + lkey * S::kStride;
+    unsigned char* vb = kb + kMmaKeys * S::kStride;
+    const int tok = item.token_begin + tile * kMmaKeys + lkey;
+    const bf16* kp = p.q;
+    const bf16* vp = p.q;
+    int bytes = 0;
+    bool ok = false;
+    if (tok < item.token_end) {
+      const int r = FindRunIn(s_tok, item.run_count, tok);
+      const int64_t row = tok - s_tok[r];
+      kp = s_k[r] + row * kD;
+      vp = s_v[r] + row * kD;
+      bytes = 16;
+      ok = p.window <= 0 || q_pos - (s_pos[r] + row) < p.window;
+    }
+    if (half == 0) s_ok[warp][st][lkey] = ok;
+#pragma unroll
+    for (int j = 0; j < S::kChunksPerLane; ++j) {
+      const int c = half * S::kChunksPerLane + j;
+      CpAsync16(kb + c * 16, kp + (bytes ? c * 8 : 0), bytes);
+      CpAsync16(vb + c * 16, vp + (bytes ? c * 8 : 0), bytes);
+    }
+  };
+  const int my_tiles = warp < num_tiles ? (num_tiles - warp + kMmaWarps - 1) / kMmaWarps : 0;
+
+  float o[kD / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < kD / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+  float m = -INFINITY, l = 0.0f;  // row g's running max (log2 units) and this thread's partial sum
+
+#pragma unroll
+  for (int n = 0; n < kStages - 1; ++n) {
+    if (n < my_tiles) load(n);
+    CpAsyncCommit();
+  }
+  for (int n = 0; n < my_tiles; ++n) {
+    CpAsyncWait<kStages - 2>();
+    __syncwarp();  // the tile's rows, written by every lane's copies, are visible to the warp
+    if (n + kStages - 1 < my_tiles) load(n + kStages - 1);
+    CpAsyncCommit();
+    const int st = n % kStages;
+    const unsigned char* kb = wbase + st * S::kTileBytes;
+    const unsigned char* vb = kb + kMmaKeys * S::kStride;
+    float s[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      const uint32_t a[4] = {qa[kk][0], 0u, qa[kk][1], 0u};
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const bf16* krow = reinterpret_cast<const bf16*>(kb + (nt * 8 + g) * S::kStride) + kk * 16 + 2 * t;
+        MmaBf16(s[nt], a, LoadU32(krow), LoadU32(krow + 8));
+      }
+    }
+    // Scale, mask, online softmax for row g (columns of this thread: keys nt * 8 + 2t + {0, 1}).
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const bool ok = s_ok[warp][st][nt * 8 + 2 * t + e];
+        s[nt][e] = ok ? s[nt][e] * p.scale_log2 : -INFINITY;
+        mx = fmaxf(mx, s[nt][e]);
+      }
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float mn = fmaxf(m, mx);
+    const float base = mn == -INFINITY ? 0.0f : mn;
+    const float alpha = exp2f(m - base);
+    m = mn;
+    float sum = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[nt][e] = exp2f(s[nt][e] - base);
+        sum += s[nt][e];
+      }
+    }
+    l = l * alpha + sum;
+#pragma unroll
+    for (int nd = 0; nd < kD / 8; ++nd) {
+      o[nd][0] *= alpha;
+      o[nd][1] *= alpha;
+    }
+    // O += P V: A = P (row g: keys 2t, 2t + 1 of n-tile 0 in a0, of n-tile 1 in a2), B = V[keys][d columns].
+    const uint32_t pa[4] = {PackBf16x2(s[0][0], s[0][1]), 0u, PackBf16x2(s[1][0], s[1][1]), 0u};
+    const bf16* vrow = reinterpret_cast<const bf16*>(vb + (2 * t) * S::kStride) + g;
+    constexpr int kVs = S::kStride / 2;  // row stride in elements
+#pragma unroll
+    for (int nd = 0; nd < kD / 8; ++nd) {
+      const bf16* vc = vrow + nd * 8;
+      const uint32_t b0 = PackBf16x2(vc[0], vc[kVs]);
+      const uint32_t b1 = PackBf16x2(vc[8 * kVs], vc[9 * kVs]);
+      MmaBf16(o[nd], pa, b0, b1);
+    }
+  }
+  CpAsyncWait<0>();
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  __syncthreads();  // every warp is done with its tiles: the tile memory becomes the merge buffer
+
+  // Merge the 4 warps: per head the max and normaliser, then O rows summed with weights.
+  float* s_o = reinterpret_cast<float*>(smem);  // [warp][8 rows][kD]
+  if (t == 0) {
+    s_wm[warp][g] = m;
+    s_wl[warp][g] = l;
+  }
+#pragma unroll
+  for (int nd = 0; nd < kD / 8; ++nd) {
+    s_o[(warp * 8 + g) * kD + nd * 8 + 2 * t] = o[nd][0];
+    s_o[(warp * 8 + g) * kD + nd * 8 + 2 * t + 1] = o[nd][1];
+  }
+  __syncthreads();
+  if (tid < kG) {
+    float mxw = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kMmaWarps; ++w) mxw = fmaxf(mxw, s_wm[w][tid]);
+    float tot = 0.0f;
+    if (mxw != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kMmaWarps; ++w) tot += s_wl[w][tid] * exp2f(s_wm[w][tid] - mxw);
+    }
+    s_m[tid] = mxw;
+    s_l[tid] = tot;
+  }
+  __syncthreads();
+  const int64_t out_base = (static_cast<int64_t>(seq) * p.hq + kvh * p.group + h0) * kD;
+  const bool direct = item.num_slot_items == 1;
+  for (int idx = tid; idx < heads * kD; idx += blockDim.x) {
+    const int h = idx / kD, d = idx % kD;
+    const float mxw = s_m[h];
+    float acc = 0.0f;
+    if (mxw != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kMmaWarps; ++w) acc += s_o[(w * 8 + h) * kD + d] * exp2f(s_wm[w][h] - mxw);
+    }
+    if (direct) {
+      p.out[out_base + h * kD + d] = ToBf16(s_l[h] > 0.0f ? acc / s_l[h] : 0.0f);
+    } else {
+      p.partial_o[(static_cast<int64_t>(blockIdx.x) * p.group + h0 + h) * kD + d] = acc;
+    }
+  }
+  if (direct) return;
+  if (tid < heads) {
+    const int64_t pi = static_cast<int64_t>(blockIdx.x) * p.group + h0 + tid;
+    p.partial_ml[pi * 2] = s_m[tid];
+    p.partial_ml[pi * 2 + 1] = s_l[tid];
+  }
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    int32_t* counter = p.counters + static_cast<int64_t>(item.slot) * gridDim.y + blockIdx.y;
+    const int prev = atomicAdd(counter, 1);
+    s_last = prev == item.num_slot_items - 1;
+    if (s_last) *counter = 0;
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  // The slot's merge: per head max and normaliser over its items (warp w: heads w, w + 4), then weighted sums.
+  const int i0 = item.first_slot_item, n_items = item.num_slot_items;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int h = warp + 4 * i;
+    if (h < heads) {
+      float mx = -INFINITY;
+      for (int it = lane; it < n_items; it += 32) {
+        mx = fmaxf(mx, __ldcg(&p.partial_ml[(static_cast<int64_t>(i0 + it) * p.group + h0 + h) * 2]));
+      }
+      mx = WarpMax(mx);
+      float tot = 0.0f;
+      if (mx != -INFINITY) {
+        for (int it = lane; it < n_items; it += 32) {
+          const int64_t pi = static_cast<int64_t>(i0 + it) * p.group + h0 + h;
+          tot += __ldcg(&p.partial_ml[pi * 2 + 1]) * exp2f(__ldcg(&p.partial_ml[pi * 2]) - mx);
+        }
+      }
+      tot = WarpSum(tot);
+      if (lane == 0) {
+        s_m[h] = mx;
+        s_l[h] = tot;
+      }
+    }
+  }
+  __syncthreads();
+  float* s_w = reinterpret_cast<float*>(smem);  // [kG][kMergeMaxItems]
+  constexpr int kPer = (kG * kD + 32 * kMmaWarps - 1) / (32 * kMmaWarps);
+  float acc[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) acc[i] = 0.0f;
+  const int64_t step = static_cast<int64_t>(p.group) * kD;
+  for (int c0 = 0; c0 < n_items; c0 += kMergeMaxItems) {
+    const int cn = min(kMergeMaxItems, n_items - c0);
+    for (int idx = tid; idx < heads * cn; idx += blockDim.x) {
+      const int h = idx / cn, it = idx % cn;
+      const int64_t pi = static_cast<int64_t>(i0 + c0 + it) * p.group + h0 + h;
+      const float mx = s_m[h], tot = s_l[h];
+      s_w[h * kMergeMaxItems + it] =
+          (mx == -INFINITY || !(tot > 0.0f)) ? 0.0f : exp2f(__ldcg(&p.partial_ml[pi * 2]) - mx) / tot;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int idx = tid + i * 32 * kMmaWarps;
+      if (idx < heads * kD) {
+        const int h = idx / kD, d = idx % kD;
+        const float* w = s_w + h * kMergeMaxItems;
+        const float* po = p.partial_o + (static_cast<int64_t>(i0 + c0) * p.group + h0 + h) * kD + d;
+#pragma unroll 4
+        for (int it = 0; it < cn; ++it) acc[i] = fmaf(w[it], __ldcg(po + it * step), acc[i]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int idx = tid + i * 32 * kMmaWarps;
+    if (idx < heads * kD) p.out[out_base + (idx / kD) * kD + idx % kD] = ToBf16(acc[i]);
   }
 }
 

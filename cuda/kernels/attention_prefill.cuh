@@ -41,7 +41,7 @@ constexpr size_t PrefillSharedBytes() {
 
 // grid: (ceil(n * group / 64), hkv); block: 128; dynamic shared memory PrefillSharedBytes<kD>().
 template <int kD>
-__global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillParams p) {
+static __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillParams p) {
   constexpr int kStride = kD + 8;  // padded row: conflict-free fragment loads
   constexpr int kChunks = kD / 8;
   extern __shared__ __align__(16) unsigned char smem[];

@@ -2,6 +2,10 @@
 //
 // Device helpers shared by the kernels: bf16 <-> fp32, 16-byte packs of 8 bf16, warp and block reductions, and
 // the bf16 tensor-core MMA (m16n8k16, fp32 accumulate) with its fragment layouts. Header-only, device code only.
+//
+// Conventions of the kernel headers: kernels are `static __global__` (internal linkage: several .cu files may
+// include one header without duplicate symbols), take one plain view struct with shape comments, and state the
+// launch geometry they expect; they allocate nothing and never synchronise with the host.
 #ifndef LIVEKV_CUDA_KERNELS_COMMON_CUH_
 #define LIVEKV_CUDA_KERNELS_COMMON_CUH_
 
@@ -55,6 +59,19 @@ __device__ __forceinline__ uint4 LoadStreaming(const void* p) {
                : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
                : "l"(p));
   return r;
+}
+
+// cp.async (sm_80+): a 16-byte global -> shared copy that bypasses registers (and L1: .cg). With src_bytes = 0
+// the 16 shared bytes are zero-filled instead (rows past the end of the data). Completion is tracked per thread
+// in commit groups: CpAsyncCommit() closes a group, CpAsyncWait<N>() waits until at most N groups are pending.
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, int src_bytes) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;"); }
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending));
 }
 
 __device__ __forceinline__ bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }

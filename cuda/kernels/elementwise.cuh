@@ -22,7 +22,7 @@ struct EmbedView {
 
 // grid: n blocks; block: any multiple of 32.
 template <bool kVec>
-__global__ void EmbedKernel(EmbedView v) {
+static __global__ void EmbedKernel(EmbedView v) {
   const int64_t row = blockIdx.x;
   const int32_t id = v.ids[row];
   const bool ok = id >= 0 && id < v.vocab;
@@ -50,7 +50,7 @@ struct RmsNormView {
 
 // grid: rows; block: multiple of 32 (<= 1024).
 template <bool kVec>
-__global__ void RmsNormKernel(RmsNormView v) {
+static __global__ void RmsNormKernel(RmsNormView v) {
   __shared__ float scratch[32];
   const bf16* x = v.x + blockIdx.x * v.hidden;
   bf16* out = v.out + blockIdx.x * v.hidden;
@@ -102,7 +102,7 @@ struct QkvRopeView {
 };
 
 // grid: n; block: multiple of 32. Dynamic shared memory: d floats (cos and sin of the row's angles).
-__global__ void QkvRopeKernel(QkvRopeView v) {
+static __global__ void QkvRopeKernel(QkvRopeView v) {
   extern __shared__ float trig[];  // [d/2] cos, [d/2] sin
   const int64_t row = blockIdx.x;
   const int half = v.d / 2;
@@ -145,7 +145,7 @@ __device__ __forceinline__ float Silu(float g) { return g / (1.0f + __expf(-g));
 
 // grid: (ceil(inter / (block * per)), rows).
 template <bool kVec>
-__global__ void SwiGluKernel(SwiGluView v) {
+static __global__ void SwiGluKernel(SwiGluView v) {
   const int64_t r = blockIdx.y;
   const bf16* g = v.gate_up + r * 2 * v.inter;
   const bf16* u = g + v.inter;
@@ -174,7 +174,7 @@ struct AddView {
 };
 
 template <bool kVec>
-__global__ void AddKernel(AddView v) {
+static __global__ void AddKernel(AddView v) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (kVec) {
@@ -193,7 +193,7 @@ __global__ void AddKernel(AddView v) {
 
 // out[r][c] += bias[c] (the GEMM's bias when cuBLASLt's bias epilogue is not used). T: float or bf16.
 template <typename T>
-__global__ void AddBiasKernel(T* out, const bf16* bias, int64_t rows, int64_t cols) {
+static __global__ void AddBiasKernel(T* out, const bf16* bias, int64_t rows, int64_t cols) {
   const int64_t total = rows * cols;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {

@@ -6,15 +6,20 @@
 // buffer, or the current token's own row). A slot's tokens are numbered 0 .. slot_tokens - 1 in run order
 // ("flattened" tokens); RunDesc::token_begin is the number of tokens of the slot before the run.
 //
-// Built on the host by cuda/ops/attention_plan.h and uploaded once per step; the kernels only read it.
+// Built on the host by cuda/ops/attention_plan.h and uploaded once per step; the kernels only read it. The structs
+// are plain data, so this header also compiles as host C++ (the device helpers are nvcc-only).
 #ifndef LIVEKV_CUDA_KERNELS_KV_RUNS_CUH_
 #define LIVEKV_CUDA_KERNELS_KV_RUNS_CUH_
 
-#include "cuda/kernels/common.cuh"
+#include <cuda_bf16.h>
+
+#include <cstdint>
 
 namespace livekv {
 namespace cuda {
 namespace kernels {
+
+using bf16 = __nv_bfloat16;
 
 struct RunDesc {              // 32 bytes
   const bf16* k;              // [n][head_dim], 16-byte aligned
@@ -44,6 +49,7 @@ struct RunTableView {
   const int32_t* slot_tokens; // [num_slots]
 };
 
+#ifdef __CUDACC__
 // Index in [lo, hi) of the last run whose token_begin <= token. REQUIRES: runs[lo].token_begin <= token.
 __device__ __forceinline__ int FindRun(const RunDesc* runs, int lo, int hi, int token) {
   while (hi - lo > 1) {
@@ -70,6 +76,7 @@ __device__ __forceinline__ int FindRunIn(const int32_t* token_begin, int count, 
   }
   return lo;
 }
+#endif  // __CUDACC__
 
 }  // namespace kernels
 }  // namespace cuda

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cuda/kernels/elementwise.cuh"
+#include "cuda/kernels/gemv.cuh"
 #include "cuda/runtime/cuda_status.h"
 
 namespace livekv {
@@ -101,6 +102,41 @@ absl::Status Gemm::Fallback(const LinearArgs& a, cudaStream_t stream) {
   return LaunchAddBias(static_cast<__nv_bfloat16*>(a.out), a.bias, a.n, a.m, stream);
 }
 
+namespace {
+
+template <int kRows, int kUnroll>
+absl::Status LaunchGemv(const kernels::GemvParams& p, bool f32, cudaStream_t stream) {
+  const size_t smem = static_cast<size_t>(p.k) * 2;
+  const unsigned grid = static_cast<unsigned>((p.m + (kernels::kGemvThreads / 32) * kRows - 1) /
+                                              ((kernels::kGemvThreads / 32) * kRows));
+  if (f32) {
+    static const cudaError_t attr = cudaFuncSetAttribute(kernels::GemvKernel<kRows, kUnroll, true>,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+    LIVEKV_RETURN_IF_ERROR(CudaStatus(attr, "cudaFuncSetAttribute(GemvKernel)"));
+    kernels::GemvKernel<kRows, kUnroll, true><<<grid, kernels::kGemvThreads, smem, stream>>>(p);
+  } else {
+    static const cudaError_t attr = cudaFuncSetAttribute(kernels::GemvKernel<kRows, kUnroll, false>,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+    LIVEKV_RETURN_IF_ERROR(CudaStatus(attr, "cudaFuncSetAttribute(GemvKernel)"));
+    kernels::GemvKernel<kRows, kUnroll, false><<<grid, kernels::kGemvThreads, smem, stream>>>(p);
+  }
+  return LaunchStatus("GemvKernel");
+}
+
+bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+}  // namespace
+
+absl::Status Gemm::Gemv(const LinearArgs& a, cudaStream_t stream) {
+  kernels::GemvParams p{a.w, a.x, a.bias, a.out, static_cast<int32_t>(a.m), static_cast<int32_t>(a.k)};
+  const bool f32 = a.output == GemmOutput::kF32;
+  // Enough CTAs to cover the SMs (132 on an H100) a few times over: fewer rows per warp for small m.
+  const int64_t sms = 132;
+  if (a.m >= 8 * 4 * 2 * sms) return LaunchGemv<4, 2>(p, f32, stream);
+  if (a.m >= 8 * 2 * 2 * sms) return LaunchGemv<2, 4>(p, f32, stream);
+  return LaunchGemv<1, 4>(p, f32, stream);
+}
+
 absl::Status Gemm::Linear(const LinearArgs& a, cudaStream_t stream) {
   if (a.n < 0 || a.k <= 0 || a.m <= 0) {
     return absl::InvalidArgumentError(
@@ -113,6 +149,12 @@ absl::Status Gemm::Linear(const LinearArgs& a, cudaStream_t stream) {
   if (a.n > INT32_MAX || a.k > INT32_MAX || a.m > INT32_MAX) {
     return absl::InvalidArgumentError(absl::StrCat("linear: dimensions past int32: n ", a.n, ", k ", a.k, ", m ", a.m));
   }
+  // One token (a decode step): the bandwidth-bound GEMV kernel, when the operands allow 16-byte loads and x fits in
+  // shared memory.
+  if (a.n == 1 && use_gemv_ && a.k % 8 == 0 && a.k <= 32768 && Aligned16(a.x) && Aligned16(a.w)) {
+    ++gemv_calls_;
+    return Gemv(a, stream);
+  }
   // The bias epilogue is used for bf16 outputs only (its data type follows D's); fp32 logits get the kernel.
   const bool epilogue_bias = a.bias != nullptr && a.output == GemmOutput::kBf16;
   const Key key{a.n, a.k, a.m, static_cast<int>(a.output), epilogue_bias, AlignmentOf(a.x), AlignmentOf(a.w),
@@ -124,9 +166,14 @@ absl::Status Gemm::Linear(const LinearArgs& a, cudaStream_t stream) {
         cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &a.bias, sizeof(a.bias)));
   }
   const float alpha = 1.0f, beta = 0.0f;
-  LIVEKV_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(blas_->lt(), plan->desc, &alpha, a.w, plan->a, a.x, plan->b, &beta,
-                                               a.out, plan->c, a.out, plan->c, &plan->algo, blas_->workspace(),
-                                               blas_->workspace_bytes(), stream));
+  const cublasStatus_t st = cublasLtMatmul(blas_->lt(), plan->desc, &alpha, a.w, plan->a, a.x, plan->b, &beta, a.out,
+                                           plan->c, a.out, plan->c, &plan->algo, blas_->workspace(),
+                                           blas_->workspace_bytes(), stream);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+    plan->usable = false;  // the heuristic's choice does not run on these operands: use the fallback from now on
+    return Fallback(a, stream);
+  }
+  LIVEKV_RETURN_IF_ERROR(CublasStatus(st, "cublasLtMatmul"));
   if (a.bias != nullptr && !epilogue_bias) {
     return LaunchAddBias(static_cast<float*>(a.out), a.bias, a.n, a.m, stream);
   }

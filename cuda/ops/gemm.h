@@ -6,6 +6,11 @@
 // cublasLtMatmul. Shapes cuBLASLt has no algorithm for (e.g. odd leading dimensions on some versions) fall back
 // to cublasGemmEx; the bias is then added by a small kernel.
 //
+// Numerics: fp32 accumulation; a bf16 output is rounded once without bias. With a bias and bf16 output, the
+// cuBLASLt bias epilogue (what PyTorch's addmm uses for nn.Linear) may round x.w^T to bf16 before adding the bias
+// (seen on an H100 with cuBLAS 13 for some shapes: up to one bf16 ulp of the product's magnitude), as does the
+// fallback. fp32 outputs (logits) get the bias added in fp32.
+//
 //   Gemm gemm(&blas);  // per thread, like the handle
 //   LIVEKV_RETURN_IF_ERROR(gemm.Linear({x, n, k, w, m, bias, out, GemmOutput::kBf16}, stream));
 //
@@ -53,6 +58,11 @@ class Gemm {
 
   // Calls that ran through the cublasGemmEx fallback (tests and benchmarks look at it).
   int64_t fallback_calls() const { return fallback_calls_; }
+  // Single-row products (n == 1, k % 8 == 0, k <= 32768, x and w 16-byte aligned) run the GEMV kernel of
+  // cuda/kernels/gemv.cuh instead of cuBLASLt (fp32 accumulation, bias added in fp32, one rounding). Benchmarks
+  // switch it off to compare.
+  void set_use_gemv(bool on) { use_gemv_ = on; }
+  int64_t gemv_calls() const { return gemv_calls_; }
 
  private:
   struct Plan {
@@ -66,10 +76,13 @@ class Gemm {
 
   absl::StatusOr<Plan*> GetPlan(const Key& key);
   absl::Status Fallback(const LinearArgs& a, cudaStream_t stream);
+  absl::Status Gemv(const LinearArgs& a, cudaStream_t stream);
 
   BlasHandle* blas_;
   absl::flat_hash_map<Key, Plan> plans_;
   int64_t fallback_calls_ = 0;
+  bool use_gemv_ = true;
+  int64_t gemv_calls_ = 0;
 };
 
 }  // namespace cuda

@@ -98,6 +98,11 @@ _write_file = rule(
 
 _CUDA_DEPS = ["@local_cuda//:headers", "@local_cuda//:cudart_static"]
 
+# GPU binaries are shipped to a machine that lacks most of our shared libraries (tools/gpu/build_bundle.sh):
+# record only the libraries a binary really uses (a CPU reference that pulls in one object of a library linked
+# with OpenBLAS then does not drag the 36 MB libopenblas along).
+_AS_NEEDED = ["-Wl,--as-needed"]
+
 def cuda_library(name, srcs = [], hdrs = [], deps = [], copts = [], nvcc_copts = [], **kwargs):
     """A C++ library whose .cu sources are compiled by nvcc; .cc sources and hdrs as in cc_library.
 
@@ -165,6 +170,7 @@ def cuda_test(name, srcs = [], deps = [], tags = [], size = "small", **kwargs):
         tags = tags + ["gpu"],
         size = size,
         linkstatic = True,
+        linkopts = _AS_NEEDED + kwargs.pop("linkopts", []),
         **kwargs
     )
 
@@ -183,5 +189,6 @@ def cuda_binary(name, srcs = [], deps = [], tags = [], **kwargs):
         deps = deps + _CUDA_DEPS,
         tags = tags + ["gpu"],
         linkstatic = True,
+        linkopts = _AS_NEEDED + kwargs.pop("linkopts", []),
         **kwargs
     )

@@ -1,0 +1,67 @@
+#include "cuda/bench/fill.h"
+
+#include "cuda/runtime/cuda_status.h"
+
+namespace livekv {
+namespace cuda {
+namespace {
+
+__device__ __forceinline__ float Hash01(uint64_t seed, int64_t i) {
+  uint64_t z = seed + 0x9e3779b97f4a7c15ull * static_cast<uint64_t>(i + 1);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return static_cast<float>(z >> 40) * (1.0f / 16777216.0f);
+}
+
+template <typename T>
+__global__ void FillKernel(T* x, int64_t n, uint64_t seed, float scale) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float v = (2.0f * Hash01(seed, i) - 1.0f) * scale;
+    if constexpr (sizeof(T) == 2) {
+      x[i] = __float2bfloat16_rn(v);
+    } else {
+      x[i] = v;
+    }
+  }
+}
+
+__global__ void EmptyKernel() {}
+
+__global__ void GatherKernel(const uint8_t* const* src, uint8_t* const* dst, const uint32_t* bytes, int32_t n) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; i < n; i += warps) {
+    const uint4* s = reinterpret_cast<const uint4*>(src[i]);
+    uint4* d = reinterpret_cast<uint4*>(dst[i]);
+    const uint32_t units = bytes[i] / 16;
+    for (uint32_t u = lane; u < units; u += 32) d[u] = s[u];
+  }
+}
+
+}  // namespace
+
+absl::Status LaunchEmpty(cudaStream_t stream) {
+  EmptyKernel<<<1, 32, 0, stream>>>();
+  return LaunchStatus("EmptyKernel");
+}
+
+absl::Status GatherPieces(const uint8_t* const* src, uint8_t* const* dst, const uint32_t* bytes, int32_t n, int32_t ctas,
+                          cudaStream_t stream) {
+  GatherKernel<<<ctas, 512, 0, stream>>>(src, dst, bytes, n);
+  return LaunchStatus("GatherKernel");
+}
+
+absl::Status FillUniformBf16(__nv_bfloat16* x, int64_t n, uint64_t seed, float scale, cudaStream_t stream) {
+  FillKernel<<<4096, 256, 0, stream>>>(x, n, seed, scale);
+  return LaunchStatus("FillKernel");
+}
+
+absl::Status FillUniformF32(float* x, int64_t n, uint64_t seed, float scale, cudaStream_t stream) {
+  FillKernel<<<4096, 256, 0, stream>>>(x, n, seed, scale);
+  return LaunchStatus("FillKernel");
+}
+
+}  // namespace cuda
+}  // namespace livekv

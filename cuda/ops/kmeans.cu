@@ -1,0 +1,172 @@
+#include "cuda/ops/kmeans.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "cuda/kernels/kmeans.cuh"
+#include "cuda/runtime/cuda_status.h"
+
+namespace livekv {
+namespace cuda {
+namespace {
+
+namespace kn = ::livekv::cuda::kernels;
+
+size_t Align256(size_t x) { return (x + 255) / 256 * 256; }
+
+struct Workspace {
+  __nv_bfloat16* normalized;
+  float* sums;
+  int32_t* counts;
+};
+
+Workspace Carve(void* ws, int32_t heads, int32_t C, int32_t dim) {
+  uint8_t* b = static_cast<uint8_t*>(ws);
+  const size_t rows = static_cast<size_t>(heads) * C;
+  Workspace w;
+  w.normalized = reinterpret_cast<__nv_bfloat16*>(b);
+  b += Align256(rows * dim * sizeof(__nv_bfloat16));
+  w.sums = reinterpret_cast<float*>(b);
+  b += Align256(rows * dim * sizeof(float));
+  w.counts = reinterpret_cast<int32_t*>(b);
+  return w;
+}
+
+kn::PointsView View(const KMeansPoints& p) {
+  return kn::PointsView{p.data, p.head_stride, p.row_stride, p.heads, p.n, p.dim};
+}
+
+absl::Status Validate(const KMeansPoints& p, int32_t C, absl::string_view op) {
+  if (p.data == nullptr || p.heads <= 0 || p.n <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": need points, heads > 0 and n > 0; saw heads ", p.heads, ", n ", p.n));
+  }
+  if (p.dim != 64 && p.dim != 128 && p.dim != 256) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": dim ", p.dim, " is not supported (64, 128, 256)"));
+  }
+  if (p.head_stride % 8 != 0 || p.row_stride % 8 != 0 || reinterpret_cast<uintptr_t>(p.data) % 16 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": strides (", p.head_stride, ", ", p.row_stride,
+                                                   ") must be multiples of 8 elements and data 16-byte aligned"));
+  }
+  if (C <= 0 || C > p.n) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": clusters ", C, " must be in [1, n = ", p.n, "]"));
+  }
+  if (static_cast<int64_t>(p.heads) > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": heads ", p.heads, " > 65535"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckWorkspace(void* ws, size_t bytes, const KMeansPoints& p, int32_t C, absl::string_view op) {
+  const size_t need = KMeansWorkspaceBytes(p.heads, C, p.dim);
+  if (ws == nullptr || bytes < need || reinterpret_cast<uintptr_t>(ws) % 256 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": workspace of ", bytes, " bytes (256-byte aligned) needed ", need));
+  }
+  return absl::OkStatus();
+}
+
+template <int kD>
+absl::Status LaunchAssign(const kn::PointsView& v, const __nv_bfloat16* normalized, int32_t C, int32_t* labels,
+                          cudaStream_t stream) {
+  constexpr size_t smem = kn::AssignSharedBytes<kD>();
+  LIVEKV_RETURN_IF_ERROR(CudaStatus(
+      cudaFuncSetAttribute(kn::AssignKernel<kD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+      "cudaFuncSetAttribute(AssignKernel)"));
+  dim3 grid(static_cast<unsigned>(kn::CeilDiv(v.n, kn::kAssignRows)), static_cast<unsigned>(v.heads));
+  kn::AssignKernel<kD><<<grid, kn::kAssignThreads, smem, stream>>>(v, normalized, C, labels);
+  return LaunchStatus("AssignKernel");
+}
+
+absl::Status AssignImpl(const KMeansPoints& p, const float* centroids, int32_t C, int32_t* labels, const Workspace& w,
+                        cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(p.heads) * C;
+  kn::NormalizeRowsKernel<<<static_cast<unsigned>(kn::CeilDiv(rows, 8)), 256, 0, stream>>>(centroids, w.normalized,
+                                                                                           rows, p.dim);
+  LIVEKV_RETURN_IF_ERROR(LaunchStatus("NormalizeRowsKernel"));
+  const kn::PointsView v = View(p);
+  switch (p.dim) {
+    case 64: return LaunchAssign<64>(v, w.normalized, C, labels, stream);
+    case 128: return LaunchAssign<128>(v, w.normalized, C, labels, stream);
+    default: return LaunchAssign<256>(v, w.normalized, C, labels, stream);
+  }
+}
+
+absl::Status CountImpl(const KMeansPoints& p, const int32_t* labels, int32_t C, float* sums, int32_t* counts,
+                       cudaStream_t stream) {
+  const size_t rows = static_cast<size_t>(p.heads) * C;
+  if (sums != nullptr) {
+    LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(sums, 0, rows * p.dim * sizeof(float), stream));
+  }
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(counts, 0, rows * sizeof(int32_t), stream));
+  const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>(kn::CeilDiv(p.n, 8), 1, 1024));
+  kn::AccumulateKernel<<<dim3(blocks, static_cast<unsigned>(p.heads)), 256, 0, stream>>>(View(p), labels, C, sums,
+                                                                                         counts);
+  return LaunchStatus("AccumulateKernel");
+}
+
+absl::Status UpdateImpl(const KMeansPoints& p, const int32_t* labels, int32_t C, float* centroids, int32_t* sizes,
+                        const Workspace& w, cudaStream_t stream) {
+  LIVEKV_RETURN_IF_ERROR(CountImpl(p, labels, C, w.sums, w.counts, stream));
+  const int64_t rows = static_cast<int64_t>(p.heads) * C;
+  const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>(kn::CeilDiv(rows * p.dim, 256), 1, 8192));
+  kn::DivideKernel<<<blocks, 256, 0, stream>>>(w.sums, w.counts, rows, p.dim, centroids);
+  LIVEKV_RETURN_IF_ERROR(LaunchStatus("DivideKernel"));
+  if (sizes != nullptr) {
+    LIVEKV_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(sizes, w.counts, rows * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+size_t KMeansWorkspaceBytes(int32_t heads, int32_t C, int32_t dim) {
+  const size_t rows = static_cast<size_t>(heads) * C;
+  return Align256(rows * dim * sizeof(__nv_bfloat16)) + Align256(rows * dim * sizeof(float)) +
+         Align256(rows * sizeof(int32_t));
+}
+
+absl::Status KMeansInitFromPoints(const KMeansPoints& p, const int32_t* rows, int32_t C, float* centroids,
+                                  cudaStream_t stream) {
+  LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_init"));
+  if (rows == nullptr || centroids == nullptr) return absl::InvalidArgumentError("kmeans_init: null rows or centroids");
+  const int64_t total = static_cast<int64_t>(p.heads) * C;
+  kn::GatherPointsKernel<<<static_cast<unsigned>(kn::CeilDiv(total, 8)), 256, 0, stream>>>(View(p), rows, C, centroids);
+  return LaunchStatus("GatherPointsKernel");
+}
+
+absl::Status KMeansAssign(const KMeansPoints& p, const float* centroids, int32_t C, int32_t* labels, void* ws,
+                          size_t ws_bytes, cudaStream_t stream) {
+  LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_assign"));
+  LIVEKV_RETURN_IF_ERROR(CheckWorkspace(ws, ws_bytes, p, C, "kmeans_assign"));
+  if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_assign: null centroids or labels");
+  return AssignImpl(p, centroids, C, labels, Carve(ws, p.heads, C, p.dim), stream);
+}
+
+absl::Status KMeansUpdate(const KMeansPoints& p, const int32_t* labels, int32_t C, float* centroids, int32_t* sizes,
+                          void* ws, size_t ws_bytes, cudaStream_t stream) {
+  LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_update"));
+  LIVEKV_RETURN_IF_ERROR(CheckWorkspace(ws, ws_bytes, p, C, "kmeans_update"));
+  if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_update: null centroids or labels");
+  return UpdateImpl(p, labels, C, centroids, sizes, Carve(ws, p.heads, C, p.dim), stream);
+}
+
+absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, float* centroids, int32_t* labels,
+                       int32_t* sizes, void* ws, size_t ws_bytes, cudaStream_t stream) {
+  LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_run"));
+  LIVEKV_RETURN_IF_ERROR(CheckWorkspace(ws, ws_bytes, p, C, "kmeans_run"));
+  if (iterations < 0) return absl::InvalidArgumentError(absl::StrCat("kmeans_run: iterations ", iterations));
+  if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_run: null centroids or labels");
+  const Workspace w = Carve(ws, p.heads, C, p.dim);
+  for (int32_t it = 0; it < iterations; ++it) {
+    LIVEKV_RETURN_IF_ERROR(AssignImpl(p, centroids, C, labels, w, stream));
+    LIVEKV_RETURN_IF_ERROR(UpdateImpl(p, labels, C, centroids, nullptr, w, stream));
+  }
+  LIVEKV_RETURN_IF_ERROR(AssignImpl(p, centroids, C, labels, w, stream));
+  if (sizes == nullptr) return absl::OkStatus();
+  return CountImpl(p, labels, C, nullptr, sizes, stream);
+}
+
+}  // namespace cuda
+}  // namespace livekv

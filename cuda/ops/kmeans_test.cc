@@ -1,0 +1,188 @@
+// Batched k-means against fp64 CPU references of its two steps, and end-to-end on separable data.
+#include "cuda/ops/kmeans.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "cuda/testing/test_util.h"
+
+namespace livekv {
+namespace cuda {
+namespace {
+
+using testing::bf16;
+using testing::DeviceArray;
+using testing::ExpectClose;
+using testing::RandomFloats;
+using testing::RoundBf16;
+using testing::ToBf16;
+
+class KMeansTest : public testing::GpuTest {};
+
+// Token-major keys [n][heads][dim] as the model produces them.
+struct Data {
+  int heads, n, dim;
+  std::vector<float> host;  // bf16-exact values
+  DeviceArray<bf16> dev;
+  KMeansPoints View() const { return KMeansPoints{dev.get(), dim, static_cast<int64_t>(heads) * dim, heads, n, dim}; }
+  const float* Point(int h, int i) const { return &host[(static_cast<size_t>(i) * heads + h) * dim]; }
+};
+
+Data MakeData(int heads, int n, int dim, std::mt19937* rng) {
+  Data d{heads, n, dim, RoundBf16(RandomFloats(static_cast<size_t>(heads) * n * dim, rng, -1, 1)), {}};
+  d.dev = DeviceArray<bf16>::FromHost(ToBf16(d.host));
+  return d;
+}
+
+TEST_F(KMeansTest, AssignPicksTheMostCosineSimilarCentroid) {
+  std::mt19937 rng(31);
+  struct Case {
+    int heads, n, dim, C;
+  };
+  for (const Case& c : {Case{1, 1, 64, 1}, Case{3, 7, 64, 7}, Case{8, 97, 128, 33}, Case{2, 1000, 128, 200},
+                        Case{1, 333, 256, 97}, Case{3, 150, 128, 129}}) {
+    Data d = MakeData(c.heads, c.n, c.dim, &rng);
+    std::vector<float> cent = RandomFloats(static_cast<size_t>(c.heads) * c.C * c.dim, &rng, -1, 1);
+    if (c.C > 2) std::fill(cent.begin() + c.dim, cent.begin() + 2 * c.dim, 0.0f);  // a zero centroid scores 0
+    auto dcent = DeviceArray<float>::FromHost(cent);
+    DeviceArray<int32_t> labels(static_cast<size_t>(c.heads) * c.n);
+    DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(c.heads, c.C, c.dim));
+    ASSERT_TRUE(KMeansAssign(d.View(), dcent.get(), c.C, labels.get(), ws.get(), ws.size(), stream()).ok());
+    std::vector<int32_t> got = labels.ToHost();
+    int exact = 0;
+    for (int h = 0; h < c.heads; ++h) {
+      std::vector<double> inv(c.C);
+      for (int k = 0; k < c.C; ++k) {
+        double ss = 0;
+        for (int e = 0; e < c.dim; ++e) ss += double(cent[(size_t(h) * c.C + k) * c.dim + e]) * cent[(size_t(h) * c.C + k) * c.dim + e];
+        inv[k] = ss > 0 ? 1.0 / std::sqrt(ss) : 0.0;
+      }
+      for (int i = 0; i < c.n; ++i) {
+        const float* p = d.Point(h, i);
+        double pn = 0, best = -1e300;
+        int arg = 0;
+        std::vector<double> score(c.C);
+        for (int k = 0; k < c.C; ++k) {
+          double s = 0;
+          for (int e = 0; e < c.dim; ++e) s += double(p[e]) * cent[(size_t(h) * c.C + k) * c.dim + e];
+          score[k] = s * inv[k];
+          if (score[k] > best) best = score[k], arg = k;
+        }
+        for (int e = 0; e < c.dim; ++e) pn += double(p[e]) * p[e];
+        const int32_t l = got[size_t(h) * c.n + i];
+        ASSERT_GE(l, 0);
+        ASSERT_LT(l, c.C);
+        // bf16 rounding of the normalised centroids moves each score by at most 2^-9 |p|.
+        EXPECT_GE(score[l], best - 1.05 * std::sqrt(pn) / 256.0) << "head " << h << " point " << i << " label " << l
+                                                                  << " best " << arg;
+        exact += l == arg;
+      }
+    }
+    EXPECT_GE(exact, 0.9 * c.heads * c.n) << "most labels should match the fp64 argmax exactly";
+  }
+}
+
+TEST_F(KMeansTest, UpdateIsTheMeanOfMembers) {
+  std::mt19937 rng(32);
+  struct Case {
+    int heads, n, dim, C;
+  };
+  for (const Case& c : {Case{1, 1, 64, 1}, Case{3, 97, 64, 7}, Case{8, 1000, 128, 33}, Case{2, 50, 256, 50}}) {
+    Data d = MakeData(c.heads, c.n, c.dim, &rng);
+    std::vector<int32_t> labels(size_t(c.heads) * c.n);
+    for (auto& l : labels) l = static_cast<int32_t>(rng() % c.C);
+    if (c.C > 3) {
+      for (auto& l : labels) if (l == 3) l = 2;  // cluster 3 is empty: keeps its centroid
+    }
+    std::vector<float> old = RandomFloats(size_t(c.heads) * c.C * c.dim, &rng, 5, 6);
+    auto dlabels = DeviceArray<int32_t>::FromHost(labels);
+    auto dcent = DeviceArray<float>::FromHost(old);
+    DeviceArray<int32_t> sizes(size_t(c.heads) * c.C);
+    DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(c.heads, c.C, c.dim));
+    ASSERT_TRUE(KMeansUpdate(d.View(), dlabels.get(), c.C, dcent.get(), sizes.get(), ws.get(), ws.size(), stream()).ok());
+    std::vector<double> sum(size_t(c.heads) * c.C * c.dim, 0.0), sabs(sum.size(), 0.0);
+    std::vector<int32_t> count(size_t(c.heads) * c.C, 0);
+    for (int h = 0; h < c.heads; ++h) {
+      for (int i = 0; i < c.n; ++i) {
+        const int32_t l = labels[size_t(h) * c.n + i];
+        ++count[size_t(h) * c.C + l];
+        for (int e = 0; e < c.dim; ++e) {
+          sum[(size_t(h) * c.C + l) * c.dim + e] += d.Point(h, i)[e];
+          sabs[(size_t(h) * c.C + l) * c.dim + e] += std::fabs(d.Point(h, i)[e]);
+        }
+      }
+    }
+    std::vector<float> ref(sum.size()), tol(sum.size());
+    for (size_t r = 0; r < count.size(); ++r) {
+      for (int e = 0; e < c.dim; ++e) {
+        const size_t i = r * c.dim + e;
+        ref[i] = count[r] > 0 ? static_cast<float>(sum[i] / count[r]) : old[i];
+        tol[i] = count[r] > 0 ? static_cast<float>(3e-5 * sabs[i] / count[r]) + 1e-7f : 0.0f;  // empty: exact
+      }
+    }
+    ExpectClose(dcent.ToHost(), ref, tol, 0.0f, "centroids");
+    EXPECT_EQ(sizes.ToHost(), count);
+  }
+}
+
+TEST_F(KMeansTest, RunRecoversSeparatedClusters) {
+  std::mt19937 rng(33);
+  const int heads = 3, dim = 128, C = 37, per = 11, n = C * per;
+  // Cluster k of head h: points near a random unit direction; directions are nearly orthogonal in 128-d.
+  std::vector<float> host(size_t(n) * heads * dim);
+  std::vector<int32_t> truth(size_t(heads) * n), init(size_t(heads) * C);
+  std::normal_distribution<float> noise(0.0f, 0.02f);
+  for (int h = 0; h < heads; ++h) {
+    std::vector<std::vector<float>> centers(C, std::vector<float>(dim));
+    for (auto& ctr : centers) {
+      double ss = 0;
+      for (float& x : ctr) x = noise(rng) * 50, ss += x * x;
+      for (float& x : ctr) x /= std::sqrt(ss);
+    }
+    std::vector<int> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int i = 0; i < n; ++i) {
+      const int k = order[i] % C;
+      truth[size_t(h) * n + i] = k;
+      const float scale = 0.5f + (order[i] % 7) * 0.3f;  // cosine ignores the scale
+      for (int e = 0; e < dim; ++e) host[(size_t(i) * heads + h) * dim + e] = scale * centers[k][e] + noise(rng);
+    }
+    for (int k = 0; k < C; ++k) {
+      for (int i = 0; i < n; ++i) {
+        if (truth[size_t(h) * n + i] == k) {
+          init[size_t(h) * C + k] = i;
+          break;
+        }
+      }
+    }
+  }
+  Data d{heads, n, dim, RoundBf16(host), {}};
+  d.dev = DeviceArray<bf16>::FromHost(ToBf16(d.host));
+  auto dinit = DeviceArray<int32_t>::FromHost(init);
+  DeviceArray<float> cent(size_t(heads) * C * dim);
+  DeviceArray<int32_t> labels(size_t(heads) * n), sizes(size_t(heads) * C);
+  DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(heads, C, dim));
+  ASSERT_TRUE(KMeansInitFromPoints(d.View(), dinit.get(), C, cent.get(), stream()).ok());
+  ASSERT_TRUE(KMeansRun(d.View(), C, 5, cent.get(), labels.get(), sizes.get(), ws.get(), ws.size(), stream()).ok());
+  EXPECT_EQ(labels.ToHost(), truth);
+  EXPECT_EQ(sizes.ToHost(), std::vector<int32_t>(size_t(heads) * C, per));
+  std::vector<float> c = cent.ToHost();
+  for (float x : c) ASSERT_TRUE(std::isfinite(x));
+
+  EXPECT_EQ(KMeansRun(d.View(), n + 1, 1, cent.get(), labels.get(), nullptr, ws.get(), ws.size(), stream()).code(),
+            absl::StatusCode::kInvalidArgument);
+  KMeansPoints bad = d.View();
+  bad.dim = 96;
+  EXPECT_EQ(KMeansAssign(bad, cent.get(), C, labels.get(), ws.get(), ws.size(), stream()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace livekv

@@ -1,0 +1,124 @@
+// File: engine/cuda/cuda_backend.h
+//
+// The CUDA backend (engine/backend.h) on one GPU and one stream: bf16 weights and activations, fp32 accumulation
+// in every kernel, fp32 logits (logits_dtype) copied to the host by CopyToHost. Linear layers are cuBLASLt GEMMs
+// (cuda/ops/gemm.h); norms, RoPE, SwiGLU, residual adds, embedding and the head-major KV scatter are the kernels
+// of cuda/ops/elementwise.h and kv_layout.h; attention runs the split-KV decode kernel for single-token chunks and
+// the flash prefill kernel otherwise, over the KV runs the KvContext selected (cuda/ops/attention.h). Memory comes
+// from a CudaDeviceAllocator (RESOURCE_EXHAUSTED when the device is full), so DenseKvCache (bf16) and the
+// transformer's activations live on the device.
+//
+//   LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> gpu, CudaBackend::Create());
+//   LIVEKV_ASSIGN_OR_RETURN(ModelWeights w, LoadWeights(config, files, gpu.get()));   // or CudaDummyWeights
+//   LIVEKV_ASSIGN_OR_RETURN(auto model, Transformer::Create(config, std::move(w), gpu.get()));
+//   LIVEKV_ASSIGN_OR_RETURN(auto kv, DenseKvCache::Create(config, gpu.get(), DType::kBF16));
+//
+// Every operation enqueues on stream() and returns; CopyToHost and Synchronize wait. Per-step host work (attention
+// plans, token ids) is staged through pinned memory (engine/cuda/upload_ring.h) so a decode step never waits for
+// the device before its logits.
+//
+// Thread-safety: one thread at a time (Backend's contract). The backend must outlive every tensor it allocated.
+#ifndef LIVEKV_ENGINE_CUDA_CUDA_BACKEND_H_
+#define LIVEKV_ENGINE_CUDA_CUDA_BACKEND_H_
+
+#include <cuda_runtime_api.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "cuda/ops/attention.h"
+#include "cuda/ops/attention_plan.h"
+#include "cuda/ops/gemm.h"
+#include "cuda/runtime/blas_handle.h"
+#include "cuda/runtime/buffers.h"
+#include "cuda/runtime/cuda_allocator.h"
+#include "cuda/runtime/device.h"
+#include "cuda/runtime/stream.h"
+#include "engine/backend.h"
+#include "engine/cuda/upload_ring.h"
+#include "engine/model_config.h"
+#include "engine/weights.h"
+
+namespace livekv {
+
+struct CudaBackendOptions {
+  int device = 0;
+  size_t blas_workspace_bytes = size_t{32} << 20;
+  // Split-KV decode: work items per SM the attention plans aim for; 0 picks the decode kernel's occupancy (the
+  // CTAs one SM holds at once), so one wave covers the GPU.
+  int decode_items_per_sm = 0;
+  int decode_min_tokens_per_item = 64;
+  // The decode attention kernel and its shared-memory stages (0: its default); benchmarks compare them.
+  cuda::DecodeKernel decode_kernel = cuda::DecodeKernel::kMma;
+  int decode_stages = 0;
+  size_t upload_ring_bytes = size_t{32} << 20;
+};
+
+class CudaBackend : public Backend {
+ public:
+  // UNAVAILABLE without a usable device; RESOURCE_EXHAUSTED when its start-up buffers do not fit.
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const CudaBackendOptions& options = {});
+  ~CudaBackend() override;
+
+  std::string name() const override { return "cuda:" + std::to_string(options_.device); }
+  DType activation_dtype() const override { return DType::kBF16; }
+  DType weight_dtype() const override { return DType::kBF16; }
+  DType logits_dtype() const override { return DType::kF32; }
+
+  absl::StatusOr<Tensor> Allocate(DType dtype, const Shape& shape) override;
+  absl::Status CopyFromHost(const void* src, DType src_dtype, TensorView dst) override;
+  absl::Status CopyToHost(TensorView src, float* dst) override;
+  absl::Status Copy(TensorView src, TensorView dst) override;
+  absl::Status Synchronize() override;
+
+  absl::Status Embed(absl::Span<const int32_t> ids, TensorView table, TensorView out) override;
+  absl::Status RmsNorm(TensorView x, TensorView weight, float eps, TensorView out) override;
+  absl::Status Linear(TensorView x, TensorView w, const TensorView* bias, TensorView out) override;
+  absl::Status SplitQkvRope(TensorView qkv, int64_t pos0, const RopeTable& rope, TensorView q, TensorView k,
+                            TensorView v) override;
+  absl::Status SwiGlu(TensorView gate_up, TensorView out) override;
+  absl::Status AddInPlace(TensorView x, TensorView y) override;
+  absl::Status Attention(const AttentionArgs& args) override;
+  absl::Status ScatterHeadMajor(TensorView src, TensorView dst, int64_t row0) override;
+
+  // The stream every operation runs on (KV contexts order their own streams against it with events).
+  cudaStream_t stream() const { return stream_.get(); }
+  const cuda::DeviceInfo& device_info() const { return info_; }
+  int device() const { return options_.device; }
+  UploadRing* upload_ring() { return ring_.get(); }
+  // The plan options decode attention uses (items per SM from the kernel's occupancy).
+  cuda::KvPlanOptions decode_plan_options(int32_t head_dim, int32_t group) const;
+  // Switches the decode kernel from the next call on (benchmarks).
+  void set_decode_kernel(cuda::DecodeKernel kernel, int stages);
+
+ private:
+  explicit CudaBackend(const CudaBackendOptions& options) : options_(options), allocator_(options.device) {}
+  absl::Status EnsureDecodeWorkspace(size_t bytes);
+  absl::StatusOr<const float*> InvFreq(const RopeTable& rope);
+
+  CudaBackendOptions options_;
+  cuda::CudaDeviceAllocator allocator_;
+  cuda::DeviceInfo info_;
+  cuda::Stream stream_;
+  cuda::BlasHandle blas_;
+  std::unique_ptr<cuda::Gemm> gemm_;
+  std::unique_ptr<UploadRing> ring_;
+  cuda::DeviceBuffer decode_ws_;
+  cuda::DeviceBuffer inv_freq_;
+  std::vector<float> inv_freq_host_;
+  std::vector<uint8_t> host_scratch_;
+  mutable std::vector<std::pair<int64_t, int>> ctas_per_sm_;  // (head_dim << 32 | group) -> occupancy
+  ContextKv with_self_;  // reused per call: the context plus the token's own row
+};
+
+// Deterministic pseudo-random weights generated on the device: the same values as DummyWeights (engine/weights.h)
+// gives on any backend, i.e. DummyHfTensor's fp32 values rounded to bf16 (round-to-nearest-even), without
+// generating billions of values on the host. Norm weights are 1.
+absl::StatusOr<ModelWeights> CudaDummyWeights(const ModelConfig& config, uint64_t seed, CudaBackend* backend,
+                                              float stddev = 0.02f);
+
+}  // namespace livekv
+
+#endif  // LIVEKV_ENGINE_CUDA_CUDA_BACKEND_H_

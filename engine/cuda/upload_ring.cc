@@ -1,0 +1,55 @@
+#include "engine/cuda/upload_ring.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "cuda/runtime/cuda_status.h"
+
+namespace livekv {
+
+absl::StatusOr<std::unique_ptr<UploadRing>> UploadRing::Create(size_t bytes, int chunks) {
+  if (chunks < 2 || bytes < static_cast<size_t>(chunks) * 256) {
+    return absl::InvalidArgumentError(absl::StrCat("upload ring: ", bytes, " bytes in ", chunks, " chunks"));
+  }
+  std::unique_ptr<UploadRing> r(new UploadRing());
+  r->chunk_bytes_ = bytes / chunks / 256 * 256;
+  LIVEKV_ASSIGN_OR_RETURN(r->host_, cuda::PinnedHostBuffer::Create(r->chunk_bytes_ * chunks));
+  LIVEKV_ASSIGN_OR_RETURN(r->device_, cuda::DeviceBuffer::Create(r->chunk_bytes_ * chunks));
+  for (int i = 0; i < chunks; ++i) {
+    LIVEKV_ASSIGN_OR_RETURN(cuda::Event e, cuda::Event::Create());
+    r->chunk_done_.push_back(std::move(e));
+  }
+  return r;
+}
+
+absl::StatusOr<void*> UploadRing::Upload(const void* src, size_t bytes, cudaStream_t stream) {
+  const size_t n = (bytes + 255) / 256 * 256;
+  if (n > chunk_bytes_) {
+    ++oversized_;
+    LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));  // big_ may still be read by earlier work
+    if (big_.bytes() < n) {
+      big_.Reset();
+      LIVEKV_ASSIGN_OR_RETURN(big_, cuda::DeviceBuffer::Create(n));
+    }
+    LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpy(big_.data(), src, bytes, cudaMemcpyHostToDevice));
+    return big_.data();
+  }
+  if (offset_ + n > chunk_bytes_) {
+    // Leave this chunk: its copies complete when this event does. Enter the next one once its previous copies
+    // (recorded when the ring last left it) have completed.
+    LIVEKV_RETURN_IF_ERROR(chunk_done_[chunk_].Record(stream));
+    chunk_ = (chunk_ + 1) % static_cast<int>(chunk_done_.size());
+    offset_ = 0;
+    LIVEKV_RETURN_IF_ERROR(chunk_done_[chunk_].Synchronize());
+  }
+  const size_t at = static_cast<size_t>(chunk_) * chunk_bytes_ + offset_;
+  uint8_t* h = host_.as<uint8_t>() + at;
+  uint8_t* d = device_.as<uint8_t>() + at;
+  std::memcpy(h, src, bytes);
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream));
+  offset_ += n;
+  return static_cast<void*>(d);
+}
+
+}  // namespace livekv
