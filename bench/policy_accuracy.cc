@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <map>
 #include <string>
 
@@ -19,7 +18,7 @@
 #include "engine/cpu/cpu_backend.h"
 #include "engine/model_files.h"
 #include "kvcache/policy_kv_context.h"
-#include "nlohmann/json.hpp"
+#include "models/eval_set.h"
 
 ABSL_FLAG(std::string, model, "models/tiny", "Model directory (with eval/ documents).");
 ABSL_FLAG(int32_t, length, 2048, "Document length in bytes: 1024, 2048 or 4096.");
@@ -27,21 +26,6 @@ ABSL_FLAG(int32_t, docs, 20, "Documents per task.");
 
 namespace livekv {
 namespace {
-
-struct Doc {
-  std::string prompt, answer;
-};
-
-std::vector<Doc> ReadDocs(const std::string& path, int limit) {
-  std::vector<Doc> docs;
-  std::ifstream in(path);
-  std::string line;
-  while (static_cast<int>(docs.size()) < limit && std::getline(in, line)) {
-    const nlohmann::json j = nlohmann::json::parse(line);
-    docs.push_back({j["prompt"].get<std::string>(), j["answer"].get<std::string>()});
-  }
-  return docs;
-}
 
 struct Config {
   std::string label;
@@ -80,7 +64,7 @@ int Run() {
   for (const std::string& task : tasks) {
     const std::string path =
         absl::StrCat(absl::GetFlag(FLAGS_model), "/eval/", task, "_", absl::GetFlag(FLAGS_length), ".jsonl");
-    for (const Doc& doc : ReadDocs(path, absl::GetFlag(FLAGS_docs))) {
+    for (const EvalDoc& doc : ReadEvalDocs(path, absl::GetFlag(FLAGS_docs)).value()) {
       std::vector<int32_t> prompt = {256};
       for (unsigned char ch : doc.prompt) prompt.push_back(ch);
       const int64_t max_tokens = prompt.size() + doc.answer.size() + 8;

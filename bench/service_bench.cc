@@ -10,14 +10,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <random>
 
 #include "bench/ceilings.h"
 #include "common/allocator.h"
 #include "common/rpc/client.h"
 #include "kvcache/policy_kv_context.h"
-#include "nlohmann/json.hpp"
+#include "models/eval_set.h"
 #include "services/common/convert.h"
 #include "tests/integration/in_process_cluster.h"
 
@@ -57,11 +56,7 @@ int Run() {
               Percentile(lat, 0.5), Percentile(lat, 0.99));
 
   // 2. Generation through the services versus in one process.
-  std::ifstream in("models/tiny/eval/passkey_2048.jsonl");
-  std::string line;
-  std::getline(in, line);
-  const std::string prompt = nlohmann::json::parse(line)["prompt"].get<std::string>();
-  const std::string document = prompt.substr(0, prompt.rfind("What is"));
+  const std::string document = ReadEvalDoc("models/tiny/eval/passkey_2048.jsonl", 0).value().document();
   const std::string question = "The river";  // continues as prose, so every step produces a token
   const int kTokens = 48, kRuns = 5;
   {

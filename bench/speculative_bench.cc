@@ -14,7 +14,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <random>
 #include <thread>
 
@@ -27,7 +26,7 @@
 #include "engine/transformer.h"
 #include "engine/weights.h"
 #include "kvcache/policy_kv_context.h"
-#include "nlohmann/json.hpp"
+#include "models/eval_set.h"
 #include "services/channels/kv_channel.h"
 #include "services/decode/remote_block_fetcher.h"
 
@@ -209,13 +208,7 @@ void Part2() {
   const ModelConfig& c = m.config;
   std::printf("part 2: models/tiny, clusterkv budget 512; per sparse layer: correction rate at tau 0.8 / 0.9, mean "
               "query cosine between steps, prefetch hit rate (remote blocks found present or in flight when needed)\n");
-  std::ifstream in("models/tiny/eval/multikey_4096.jsonl");
-  std::string line;
-  std::vector<std::pair<std::string, std::string>> docs;
-  while (docs.size() < 5 && std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    docs.push_back({j["prompt"].get<std::string>(), j["answer"].get<std::string>()});
-  }
+  const std::vector<EvalDoc> docs = ReadEvalDocs("models/tiny/eval/multikey_4096.jsonl", 5).value();
   struct Workload {
     const char* name;
     bool long_generation;
@@ -227,9 +220,8 @@ void Part2() {
       FetchStats fetch;
       int correct = 0;
       for (size_t i = 0; i < (w.long_generation ? 1 : docs.size()); ++i) {
-        const std::string& prompt = docs[i].first;
-        const std::string document = prompt.substr(0, prompt.rfind("What is"));
-        const std::string question = w.long_generation ? std::string("The river") : prompt.substr(prompt.rfind("What is"));
+        const std::string document = docs[i].document();
+        const std::string question = w.long_generation ? std::string("The river") : docs[i].question();
         PolicyOptions policy;
         policy.budget = 512;
         policy.sparse_prefill = true;
@@ -245,10 +237,10 @@ void Part2() {
                                        store.get(), false, &logits);
         }
         (void)store->FinishAppend();
-        const int steps = w.long_generation ? 400 : static_cast<int>(docs[i].second.size());
+        const int steps = w.long_generation ? 400 : static_cast<int>(docs[i].answer.size());
         const Decoded d = Decode(c, m.transformer.get(), backend.pool(), store->sequence(), policy, Mode::kSpeculative,
                                  absl::ZeroDuration(), m.tokenizer->Encode(question).value(), steps, true);
-        correct += d.text == docs[i].second;
+        correct += d.text == docs[i].answer;
         for (int l = 0; l < c.num_layers; ++l) {
           sum[l].correction_checks += d.counters[l].correction_checks;
           sum[l].corrections += d.counters[l].corrections;

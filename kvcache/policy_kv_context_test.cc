@@ -3,7 +3,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 
 #include "common/file.h"
 #include "common/thread_pool.h"
@@ -14,24 +13,12 @@
 #include "engine/weights.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "nlohmann/json.hpp"
+#include "models/eval_set.h"
 
 namespace livekv {
 namespace {
 
 using ::testing::HasSubstr;
-
-struct Doc {
-  std::string prompt, answer;
-};
-
-Doc ReadDoc(const std::string& path, int index) {
-  std::ifstream in(path);
-  std::string line;
-  for (int i = 0; i <= index; ++i) std::getline(in, line);
-  const nlohmann::json j = nlohmann::json::parse(line);
-  return {j["prompt"].get<std::string>(), j["answer"].get<std::string>()};
-}
 
 std::vector<int32_t> ByteIds(const std::string& s, bool bos) {
   std::vector<int32_t> ids;
@@ -118,7 +105,7 @@ class TrainedModelTest : public ::testing::Test {
   };
 
   // Prefill `doc`, then greedy-decode the answer's length through `options`.
-  Run Generate(const PolicyOptions& options, const Doc& doc, int probe_layer = 2) {
+  Run Generate(const PolicyOptions& options, const EvalDoc& doc, int probe_layer = 2) {
     HostAllocator host;
     const std::vector<int32_t> prompt = ByteIds(doc.prompt, true);
     auto pool = CreateKvPagePool(model_->config, options, prompt.size() + 64, &host).value();
@@ -156,14 +143,14 @@ LoadedModel* TrainedModelTest::model_ = nullptr;
 
 TEST_F(TrainedModelTest, FullPolicyAnswersTheRetrievalTasks) {
   for (const char* task : {"passkey", "multikey", "vartrack"}) {
-    const Doc doc = ReadDoc(std::string("models/tiny/eval/") + task + "_1024.jsonl", 0);
+    const EvalDoc doc = ReadEvalDoc(std::string("models/tiny/eval/") + task + "_1024.jsonl", 0).value();
     EXPECT_EQ(Generate(Options(PolicyKind::kFull, 1), doc).text, doc.answer) << task;
   }
 }
 
 TEST_F(TrainedModelTest, ClusterKvCoversAtLeastQuestsAttentionMassAndFindsTheNeedle) {
   for (int i = 0; i < 3; ++i) {
-    const Doc doc = ReadDoc("models/tiny/eval/passkey_2048.jsonl", i);
+    const EvalDoc doc = ReadEvalDoc("models/tiny/eval/passkey_2048.jsonl", i).value();
     const Run c = Generate(Options(PolicyKind::kClusterKv, 512), doc);
     const Run q = Generate(Options(PolicyKind::kQuest, 512), doc);
     std::printf("doc %d: attention mass covered at budget 512, clusterkv %.3f quest %.3f\n", i, SparseMass(c),
@@ -175,7 +162,7 @@ TEST_F(TrainedModelTest, ClusterKvCoversAtLeastQuestsAttentionMassAndFindsTheNee
 }
 
 TEST_F(TrainedModelTest, AttentionErrorFallsAsTheBudgetGrows) {
-  const Doc doc = ReadDoc("models/tiny/eval/multikey_2048.jsonl", 1);
+  const EvalDoc doc = ReadEvalDoc("models/tiny/eval/multikey_2048.jsonl", 1).value();
   double previous = 1e9;
   for (int32_t budget : {512, 768, 1024, 1536, 4096}) {
     const Run r = Generate(Options(PolicyKind::kClusterKv, budget), doc);
@@ -187,7 +174,7 @@ TEST_F(TrainedModelTest, AttentionErrorFallsAsTheBudgetGrows) {
 }
 
 TEST_F(TrainedModelTest, WholeContextBudgetSelectsEveryTokenAndMatchesFull) {
-  const Doc doc = ReadDoc("models/tiny/eval/vartrack_1024.jsonl", 2);
+  const EvalDoc doc = ReadEvalDoc("models/tiny/eval/vartrack_1024.jsonl", 2).value();
   const std::vector<int32_t> prompt = ByteIds(doc.prompt, true);
   HostAllocator host;
   std::vector<std::vector<float>> logits(2);
@@ -216,7 +203,7 @@ TEST_F(TrainedModelTest, WholeContextBudgetSelectsEveryTokenAndMatchesFull) {
 }
 
 TEST_F(TrainedModelTest, SpeculationWithEveryHeadCorrectedIsSynchronousRecall) {
-  const Doc doc = ReadDoc("models/tiny/eval/multikey_2048.jsonl", 4);
+  const EvalDoc doc = ReadEvalDoc("models/tiny/eval/multikey_2048.jsonl", 4).value();
   PolicyOptions sync = Options(PolicyKind::kClusterKv, 512);
   sync.measure_attention_mass = false;
   PolicyOptions spec = sync;
@@ -236,7 +223,7 @@ TEST_F(TrainedModelTest, SpeculationWithEveryHeadCorrectedIsSynchronousRecall) {
 }
 
 TEST_F(TrainedModelTest, SpeculationReusesThePreviousSelectionForStableQueries) {
-  const Doc doc = ReadDoc("models/tiny/eval/passkey_2048.jsonl", 5);
+  const EvalDoc doc = ReadEvalDoc("models/tiny/eval/passkey_2048.jsonl", 5).value();
   PolicyOptions spec = Options(PolicyKind::kClusterKv, 512);
   spec.speculative = true;
   spec.correction_threshold = -1.0f;  // never correct: pure speculation

@@ -7,7 +7,6 @@
 // selects from the store; the answer streams back through the SDK with per-stage timings. With --in_process the
 // same question is answered inside this process, with the policy's per-layer counters.
 #include <algorithm>
-#include <fstream>
 #include <iostream>
 #include <string>
 
@@ -22,7 +21,7 @@
 #include "client/sdk/client.h"
 #include "common/file.h"
 #include "common/status_macros.h"
-#include "nlohmann/json.hpp"
+#include "models/eval_set.h"
 
 ABSL_FLAG(std::string, demo_model, "models/tiny", "Model directory of the demo.");
 ABSL_FLAG(std::string, demo_document, "models/tiny/eval/multikey_4096.jsonl",
@@ -32,30 +31,10 @@ ABSL_FLAG(bool, in_process, false, "demo: run the model inside this process inst
 namespace livekv::cli {
 namespace {
 
-struct Document {
-  std::string text, question, answer;
-};
-
-absl::StatusOr<Document> ReadDocument(const std::string& path) {
-  std::ifstream in(path);
-  std::string line;
-  if (!in || !std::getline(in, line)) return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.contains("prompt") || !j["prompt"].is_string() || !j.contains("answer") ||
-      !j["answer"].is_string()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": the first line must be {\"prompt\": ..., \"answer\": ...}"));
-  }
-  const std::string prompt = j["prompt"].get<std::string>();
-  const size_t q = prompt.rfind("What is");
-  if (q == std::string::npos) return absl::InvalidArgumentError(absl::StrCat(path, ": no question in the prompt"));
-  return Document{prompt.substr(0, q), prompt.substr(q), j["answer"].get<std::string>()};
-}
-
 absl::Status RunInProcessDemo(std::ostream& out) {
   CpuBackend backend;
   LIVEKV_ASSIGN_OR_RETURN(LoadedModel model, LoadModel(absl::GetFlag(FLAGS_demo_model), &backend));
-  LIVEKV_ASSIGN_OR_RETURN(Document doc, ReadDocument(absl::GetFlag(FLAGS_demo_document)));
+  LIVEKV_ASSIGN_OR_RETURN(EvalDoc doc, ReadEvalDoc(absl::GetFlag(FLAGS_demo_document), 0));
   PolicyOptions policy;
   policy.kind = PolicyKind::kClusterKv;
   policy.budget = 512;
@@ -66,13 +45,13 @@ absl::Status RunInProcessDemo(std::ostream& out) {
   out << absl::StrFormat(
       "livekv demo (in process): model %s (%.1fM parameters, trained by tools/train/train_tiny.py), CPU\n",
       absl::GetFlag(FLAGS_demo_model), model.config.NumParameters() / 1e6);
-  out << absl::StrFormat("document: %d bytes of prose with facts hidden in it, starting \"%s...\"\n", doc.text.size(),
-                         doc.text.substr(0, 60));
-  out << "question: " << doc.question << "\n";
+  out << absl::StrFormat("document: %d bytes of prose with facts hidden in it, starting \"%s...\"\n", doc.document().size(),
+                         doc.document().substr(0, 60));
+  out << "question: " << doc.question() << "\n";
   out << absl::StrFormat("policy:   clusterkv, budget %d tokens per KV head (sink %d + window %d + clusters)\n",
                          policy.budget, policy.sink, policy.window);
   out << "answer:  " << std::flush;
-  LIVEKV_ASSIGN_OR_RETURN(GenerationResult r, GenerateText(model, &backend, doc.text + doc.question, options, policy,
+  LIVEKV_ASSIGN_OR_RETURN(GenerationResult r, GenerateText(model, &backend, doc.document() + doc.question(), options, policy,
                                                            [&](absl::string_view p) { out << p << std::flush; }));
   const bool correct = r.text.rfind(doc.answer, 0) == 0;
   out << absl::StrFormat("\n          (expected%s: %s)\n", correct ? ", correct" : ", WRONG", doc.answer);
@@ -91,7 +70,7 @@ absl::Status RunInProcessDemo(std::ostream& out) {
 
 absl::Status RunPipelineDemo(std::ostream& out) {
   const std::string model_dir = absl::GetFlag(FLAGS_demo_model);
-  LIVEKV_ASSIGN_OR_RETURN(Document doc, ReadDocument(absl::GetFlag(FLAGS_demo_document)));
+  LIVEKV_ASSIGN_OR_RETURN(EvalDoc doc, ReadEvalDoc(absl::GetFlag(FLAGS_demo_document), 0));
   LIVEKV_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
   out << absl::StrFormat("livekv demo: model %s (%.1fM parameters, trained by tools/train/train_tiny.py), CPU\n",
                          model_dir, config.NumParameters() / 1e6);
@@ -126,19 +105,19 @@ absl::Status RunPipelineDemo(std::ostream& out) {
                          session.session_id(), policy.budget, policy.sink, policy.window);
 
   LIVEKV_ASSIGN_OR_RETURN(v1::AppendTextResponse appended,
-                          client->Append(session.session_id(), doc.text, /*add_bos=*/true));
+                          client->Append(session.session_id(), doc.document(), /*add_bos=*/true));
   out << absl::StrFormat(
       "document: %d bytes of prose with facts hidden in it -> %d tokens: prefill %.0f ms (%.0f tokens/s), "
       "clustering %.0f ms, store write %.1f ms\n",
-      doc.text.size(), appended.tokens_appended(), appended.prefill_ms(),
+      doc.document().size(), appended.tokens_appended(), appended.prefill_ms(),
       appended.prefill_ms() > 0 ? appended.tokens_appended() / (appended.prefill_ms() / 1e3) : 0.0,
       appended.cluster_ms(), appended.write_ms());
 
-  out << "question: " << doc.question << "\n";
+  out << "question: " << doc.question() << "\n";
   out << "answer:   " << std::flush;
   sdk::GenerateRequest request;
   request.session_id = session.session_id();
-  request.prompt = doc.question;
+  request.prompt = doc.question();
   request.max_tokens = 16;
   LIVEKV_ASSIGN_OR_RETURN(sdk::GenerateResult r,
                           client->Generate(request, [&](const sdk::Piece& p) { out << p.text << std::flush; }));

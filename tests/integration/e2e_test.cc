@@ -1,6 +1,5 @@
 // The three services end to end over loopback gRPC: answers equal the in-process engine's, bad input gets the
 // right code on every RPC, appends are ordered, and cancelled generations leave nothing behind.
-#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -9,7 +8,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kvcache/policy_kv_context.h"
-#include "nlohmann/json.hpp"
+#include "models/eval_set.h"
 #include "services/common/convert.h"
 #include "tests/integration/in_process_cluster.h"
 
@@ -17,20 +16,6 @@ namespace livekv {
 namespace {
 
 using ::testing::HasSubstr;
-
-struct Doc {
-  std::string document, question, answer;
-};
-
-Doc ReadDoc(const std::string& path, int index) {
-  std::ifstream in(path);
-  std::string line;
-  for (int i = 0; i <= index; ++i) std::getline(in, line);
-  const nlohmann::json j = nlohmann::json::parse(line);
-  const std::string prompt = j["prompt"].get<std::string>();
-  const size_t q = prompt.rfind("What is");
-  return {prompt.substr(0, q), prompt.substr(q), j["answer"].get<std::string>()};
-}
 
 class E2eTest : public ::testing::Test {
  protected:
@@ -121,19 +106,19 @@ TEST_F(E2eTest, AnswersEqualTheInProcessEngineTokenForToken) {
     policy.sparse_prefill = c.sparse_prefill;
     policy.speculative = c.speculative;
     policy.correction_threshold = c.tau;
-    const Doc doc = ReadDoc("models/tiny/eval/multikey_2048.jsonl", 3);
+    const EvalDoc doc = ReadEvalDoc("models/tiny/eval/multikey_2048.jsonl", 3).value();
     auto session = cluster_->CreateSession(policy);
     ASSERT_TRUE(session.ok()) << session.status();
     v1::AppendTextResponse appended;
-    ASSERT_TRUE(Append(session->session_id(), doc.document, true, &appended).ok());
+    ASSERT_TRUE(Append(session->session_id(), doc.document(), true, &appended).ok());
     v1::GenerateRequest req;
     req.set_session_id(session->session_id());
-    req.set_prompt(doc.question);
+    req.set_prompt(doc.question());
     req.set_max_tokens(10);
     const Answer a = Ask(req);
     ASSERT_TRUE(a.status.ok()) << a.status.error_message();
-    const std::vector<int32_t> want = InProcessAnswer(policy, tok.EncodeWithSpecials(doc.document).value(),
-                                                      tok.Encode(doc.question).value(), 10);
+    const std::vector<int32_t> want = InProcessAnswer(policy, tok.EncodeWithSpecials(doc.document()).value(),
+                                                      tok.Encode(doc.question()).value(), 10);
     const std::string label = absl::StrCat(PolicyKindName(kind), c.sparse_prefill ? " (question retrieves)" : "",
                                            c.speculative ? absl::StrCat(" speculative, tau ", c.tau) : "");
     EXPECT_EQ(a.ids, want) << label;
@@ -148,15 +133,15 @@ TEST_F(E2eTest, AnswersEqualTheInProcessEngineTokenForToken) {
 
 TEST_F(E2eTest, OneShotPromptsGoThroughATemporarySession) {
   const Tokenizer& tok = *cluster_->model().tokenizer;
-  const Doc doc = ReadDoc("models/tiny/eval/passkey_1024.jsonl", 0);
+  const EvalDoc doc = ReadEvalDoc("models/tiny/eval/passkey_1024.jsonl", 0).value();
   v1::GenerateRequest req;
-  req.set_prompt(doc.document + doc.question);
+  req.set_prompt(doc.document() + doc.question());
   req.set_max_tokens(10);
   const int64_t sessions_before = cluster_->store_client().Stats()->sessions();
   const Answer a = Ask(req);
   ASSERT_TRUE(a.status.ok()) << a.status.error_message();
   EXPECT_EQ(a.text, doc.answer);
-  const std::vector<int32_t> prompt = tok.EncodeWithSpecials(doc.document + doc.question).value();
+  const std::vector<int32_t> prompt = tok.EncodeWithSpecials(doc.document() + doc.question()).value();
   PolicyOptions policy;  // the decode service's default one-shot policy
   policy.budget = 1024;
   EXPECT_EQ(a.ids, InProcessAnswer(policy, std::vector<int32_t>(prompt.begin(), prompt.end() - 1), {prompt.back()}, 10));
@@ -164,14 +149,14 @@ TEST_F(E2eTest, OneShotPromptsGoThroughATemporarySession) {
 }
 
 TEST_F(E2eTest, StopStringsEndTheAnswerAndAreNotReturned) {
-  const Doc doc = ReadDoc("models/tiny/eval/passkey_1024.jsonl", 1);
+  const EvalDoc doc = ReadEvalDoc("models/tiny/eval/passkey_1024.jsonl", 1).value();
   PolicyOptions policy;
   auto session = cluster_->CreateSession(policy);
   ASSERT_TRUE(session.ok());
-  ASSERT_TRUE(Append(session->session_id(), doc.document, true).ok());
+  ASSERT_TRUE(Append(session->session_id(), doc.document(), true).ok());
   v1::GenerateRequest req;
   req.set_session_id(session->session_id());
-  req.set_prompt(doc.question);
+  req.set_prompt(doc.question());
   req.set_max_tokens(10);
   req.add_stop(doc.answer.substr(3, 2));  // two digits in the middle of the number
   const Answer a = Ask(req);
@@ -287,11 +272,11 @@ TEST_F(E2eTest, ConcurrentAppendsToOneSessionAreOrderedNeverInterleaved) {
 }
 
 TEST_F(E2eTest, ThousandCancelledGenerationsLeaveNoLeasesAndNoPoolGrowth) {
-  const Doc doc = ReadDoc("models/tiny/eval/passkey_1024.jsonl", 2);
+  const EvalDoc doc = ReadEvalDoc("models/tiny/eval/passkey_1024.jsonl", 2).value();
   PolicyOptions policy;
   auto session = cluster_->CreateSession(policy);
   ASSERT_TRUE(session.ok());
-  ASSERT_TRUE(Append(session->session_id(), doc.document, true).ok());
+  ASSERT_TRUE(Append(session->session_id(), doc.document(), true).ok());
   const auto before = cluster_->store_client().Stats().value();
   int cancelled = 0;
   for (int i = 0; i < 1000; ++i) {
@@ -303,7 +288,7 @@ TEST_F(E2eTest, ThousandCancelledGenerationsLeaveNoLeasesAndNoPoolGrowth) {
     }
     v1::GenerateRequest req;
     req.set_session_id(session->session_id());
-    req.set_prompt(doc.question);
+    req.set_prompt(doc.question());
     req.set_max_tokens(64);
     auto reader = cluster_->decode().Generate(&ctx, req);
     v1::GenerateResponse r;

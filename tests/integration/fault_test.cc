@@ -2,7 +2,6 @@
 // killed in the middle of its two-phase append, and a decode process killed in the middle of an answer.
 #include <signal.h>
 
-#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -12,25 +11,11 @@
 #include "common/rpc/client.h"
 #include "gtest/gtest.h"
 #include "kvcache/page_pool.h"
-#include "nlohmann/json.hpp"
+#include "models/eval_set.h"
 #include "services/kvstore/kvstore_client.h"
 
 namespace livekv {
 namespace {
-
-struct Doc {
-  std::string document, question, answer;
-};
-
-Doc ReadDoc(const std::string& path, int index) {
-  std::ifstream in(path);
-  std::string line;
-  for (int i = 0; i <= index; ++i) std::getline(in, line);
-  const nlohmann::json j = nlohmann::json::parse(line);
-  const std::string prompt = j["prompt"].get<std::string>();
-  const size_t q = prompt.rfind("What is");
-  return {prompt.substr(0, q), prompt.substr(q), j["answer"].get<std::string>()};
-}
 
 // Everything a reader can observe of a session through the store's API: its metadata, index and every block's
 // bytes, in one string.
@@ -71,14 +56,14 @@ TEST(FaultTest, PrefillKilledMidAppendLeavesTheSessionByteForByteAsBefore) {
   so.policy.budget = 512;
   auto session = client->CreateSession(so);
   ASSERT_TRUE(session.ok()) << session.status();
-  const Doc doc = ReadDoc("models/tiny/eval/vartrack_2048.jsonl", 0);
-  ASSERT_TRUE(client->Append(session->session_id(), doc.document, true).ok());
+  const EvalDoc doc = ReadEvalDoc("models/tiny/eval/vartrack_2048.jsonl", 0).value();
+  ASSERT_TRUE(client->Append(session->session_id(), doc.document(), true).ok());
   KvStoreClient store(MakeChannel((*cluster)->kvstore().address));
   const std::string before = Fingerprint(store, session->session_id());
 
   // A large append: its rows (~8k tokens x 4 layers) take a while to stream to the store.
   std::string big;
-  while (big.size() < 8000) big += doc.document;
+  while (big.size() < 8000) big += doc.document();
   std::thread appender([&] {
     sdk::ClientOptions no_retry = (*cluster)->client_options();
     no_retry.retry.max_attempts = 1;
@@ -124,13 +109,13 @@ TEST(FaultTest, DecodeKilledMidAnswerFailsOverAndTheSessionIsIntact) {
   so.policy.budget = 512;
   auto session = client->CreateSession(so);
   ASSERT_TRUE(session.ok());
-  const Doc doc = ReadDoc("models/tiny/eval/multikey_2048.jsonl", 2);
-  ASSERT_TRUE(client->Append(session->session_id(), doc.document, true).ok());
+  const EvalDoc doc = ReadEvalDoc("models/tiny/eval/multikey_2048.jsonl", 2).value();
+  ASSERT_TRUE(client->Append(session->session_id(), doc.document(), true).ok());
   const v1::Session before = client->GetSession(session->session_id()).value();
 
   sdk::GenerateRequest req;
   req.session_id = session->session_id();
-  req.prompt = doc.question;
+  req.prompt = doc.question();
   req.max_tokens = 12;
   // Uninterrupted, for reference (served by the first decode process).
   auto reference = client->Generate(req, [](const sdk::Piece&) {});
