@@ -125,10 +125,11 @@ int Run() {
       }
     }
   }
-  std::printf("model %s, documents of %d bytes (~%d tokens), %d per task; window 64, cluster_window 128, "
-              "sink 16; layers 0-1 dense\n",
-              absl::GetFlag(FLAGS_model).c_str(), absl::GetFlag(FLAGS_length), absl::GetFlag(FLAGS_length) + 1,
-              absl::GetFlag(FLAGS_docs));
+  std::printf(
+      "model %s, documents of %d bytes (~%d tokens), %d per task; window 64, cluster_window 128, "
+      "sink 16; layers 0-1 dense\n",
+      absl::GetFlag(FLAGS_model).c_str(), absl::GetFlag(FLAGS_length), absl::GetFlag(FLAGS_length) + 1,
+      absl::GetFlag(FLAGS_docs));
   std::printf("%-16s %9s %9s %9s %9s   %s\n", "policy@budget", "passkey", "multikey", "vartrack", "all",
               "attention mass (layers 2-3)");
   for (const Config& cfg : configs) {

@@ -107,7 +107,8 @@ int Run() {
     std::vector<float> logits;
     for (size_t b = 0; b < doc_ids.size(); b += 256) {
       const size_t len = std::min<size_t>(256, doc_ids.size() - b);
-      if (!model.transformer->Forward(absl::MakeConstSpan(doc_ids).subspan(b, len), kv.get(), false, &logits).ok()) return 1;
+      if (!model.transformer->Forward(absl::MakeConstSpan(doc_ids).subspan(b, len), kv.get(), false, &logits).ok())
+        return 1;
     }
     if (!kv->FinishAppend().ok()) return 1;
     kv->set_sparse_prefill(true);
@@ -161,14 +162,16 @@ int Run() {
   int64_t bytes = 0;
   for (int run = 0; run < 5; ++run) {
     const auto t0 = Clock::now();
-    if (!cluster->store_client().Recall(big.session_id(), lease, mirror.version, all, mirror.kv.get(), &bytes).ok()) return 1;
+    if (!cluster->store_client().Recall(big.session_id(), lease, mirror.version, all, mirror.kv.get(), &bytes).ok())
+      return 1;
     seconds.push_back(Ms(t0, Clock::now()) / 1e3);
   }
   const double recall = bytes / Percentile(seconds, 0.5) / 1e9;
   const double memcpy = bench::MemcpyGBps(size_t{64} << 20);
-  std::printf("recall over gRPC (KvStore.Recall of a %.0f MiB session, 4 MiB chunks, TCP loopback): %.2f GB/s; "
-              "memcpy 1 thread %.2f GB/s; ratio %.3f\n",
-              bytes / double(1 << 20), recall, memcpy, recall / memcpy);
+  std::printf(
+      "recall over gRPC (KvStore.Recall of a %.0f MiB session, 4 MiB chunks, TCP loopback): %.2f GB/s; "
+      "memcpy 1 thread %.2f GB/s; ratio %.3f\n",
+      bytes / double(1 << 20), recall, memcpy, recall / memcpy);
   (void)cluster->store_client().ReleaseLease(lease);
   return 0;
 }

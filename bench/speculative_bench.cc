@@ -111,7 +111,8 @@ Decoded Decode(const ModelConfig& c, Transformer* model, ThreadPool* threads, co
       (void)f.EnsureResident(kv->sequence(), l, sel);
     }
   } else {
-    fetcher = std::make_unique<RemoteBlockFetcher>(kv->mutable_sequence(), std::make_unique<LocalChannel>(&store, delay));
+    fetcher =
+        std::make_unique<RemoteBlockFetcher>(kv->mutable_sequence(), std::make_unique<LocalChannel>(&store, delay));
     (void)fetcher->FetchEager(true);
     kv->set_block_fetcher(fetcher.get());
   }
@@ -206,8 +207,9 @@ void Part2() {
   CpuBackend backend;
   LoadedModel m = LoadModel("models/tiny", &backend).value();
   const ModelConfig& c = m.config;
-  std::printf("part 2: models/tiny, clusterkv budget 512; per sparse layer: correction rate at tau 0.8 / 0.9, mean "
-              "query cosine between steps, prefetch hit rate (remote blocks found present or in flight when needed)\n");
+  std::printf(
+      "part 2: models/tiny, clusterkv budget 512; per sparse layer: correction rate at tau 0.8 / 0.9, mean "
+      "query cosine between steps, prefetch hit rate (remote blocks found present or in flight when needed)\n");
   const std::vector<EvalDoc> docs = ReadEvalDocs("models/tiny/eval/multikey_4096.jsonl", 5).value();
   struct Workload {
     const char* name;
@@ -253,7 +255,8 @@ void Part2() {
       for (int l = 2; l < c.num_layers; ++l) {
         std::printf("  layer %d corr %.2f cos %.2f", l, sum[l].correction_rate(), sum[l].mean_cosine());
       }
-      std::printf("  | hit %.2f", fetch.demanded_blocks ? 1.0 - double(fetch.demand_misses) / fetch.demanded_blocks : 0.0);
+      std::printf("  | hit %.2f",
+                  fetch.demanded_blocks ? 1.0 - double(fetch.demand_misses) / fetch.demanded_blocks : 0.0);
       if (!w.long_generation) std::printf("  | answers %d/%zu", correct, docs.size());
       std::printf("\n");
     }

@@ -244,9 +244,9 @@ TEST(PolicyKvContextTest, FullPolicyIsBitwiseTheDenseCache) {
   ModelConfig c = PresetConfig("tiny").value();
   c.num_layers = 2;
   CpuBackend backend(CpuBackendOptions{.num_threads = 2});
-  auto model = Transformer::Create(c, DummyWeights(c, 5, &backend, 0.1f).value(), &backend,
-                                   TransformerOptions{.max_chunk = 64})
-                   .value();
+  auto model =
+      Transformer::Create(c, DummyWeights(c, 5, &backend, 0.1f).value(), &backend, TransformerOptions{.max_chunk = 64})
+          .value();
   PolicyOptions o;
   o.kind = PolicyKind::kFull;
   o.kv_dtype = DType::kBF16;

@@ -16,9 +16,10 @@ std::string TmpFile(const std::string& name, const std::string& text) {
 }
 
 TEST(EvalSetTest, SplitsPromptAtTheLastQuestion) {
-  const std::string path = TmpFile("ok.jsonl",
-                                   "{\"prompt\": \"What is here stays. The key is 7. What is the key?\", \"answer\": \" 7.\"}\n"
-                                   "{\"prompt\": \"second\", \"answer\": \"x\"}\n");
+  const std::string path =
+      TmpFile("ok.jsonl",
+              "{\"prompt\": \"What is here stays. The key is 7. What is the key?\", \"answer\": \" 7.\"}\n"
+              "{\"prompt\": \"second\", \"answer\": \"x\"}\n");
   auto docs = ReadEvalDocs(path);
   ASSERT_TRUE(docs.ok()) << docs.status();
   ASSERT_EQ(docs->size(), 2u);

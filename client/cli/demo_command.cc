@@ -45,14 +45,15 @@ absl::Status RunInProcessDemo(std::ostream& out) {
   out << absl::StrFormat(
       "livekv demo (in process): model %s (%.1fM parameters, trained by tools/train/train_tiny.py), CPU\n",
       absl::GetFlag(FLAGS_demo_model), model.config.NumParameters() / 1e6);
-  out << absl::StrFormat("document: %d bytes of prose with facts hidden in it, starting \"%s...\"\n", doc.document().size(),
-                         doc.document().substr(0, 60));
+  out << absl::StrFormat("document: %d bytes of prose with facts hidden in it, starting \"%s...\"\n",
+                         doc.document().size(), doc.document().substr(0, 60));
   out << "question: " << doc.question() << "\n";
   out << absl::StrFormat("policy:   clusterkv, budget %d tokens per KV head (sink %d + window %d + clusters)\n",
                          policy.budget, policy.sink, policy.window);
   out << "answer:  " << std::flush;
-  LIVEKV_ASSIGN_OR_RETURN(GenerationResult r, GenerateText(model, &backend, doc.document() + doc.question(), options, policy,
-                                                           [&](absl::string_view p) { out << p << std::flush; }));
+  LIVEKV_ASSIGN_OR_RETURN(GenerationResult r,
+                          GenerateText(model, &backend, doc.document() + doc.question(), options, policy,
+                                       [&](absl::string_view p) { out << p << std::flush; }));
   const bool correct = r.text.rfind(doc.answer, 0) == 0;
   out << absl::StrFormat("\n          (expected%s: %s)\n", correct ? ", correct" : ", WRONG", doc.answer);
   const double decode_s = r.stats.decode_seconds - r.maintenance_seconds;

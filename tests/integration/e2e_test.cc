@@ -117,8 +117,8 @@ TEST_F(E2eTest, AnswersEqualTheInProcessEngineTokenForToken) {
     req.set_max_tokens(10);
     const Answer a = Ask(req);
     ASSERT_TRUE(a.status.ok()) << a.status.error_message();
-    const std::vector<int32_t> want = InProcessAnswer(policy, tok.EncodeWithSpecials(doc.document()).value(),
-                                                      tok.Encode(doc.question()).value(), 10);
+    const std::vector<int32_t> want =
+        InProcessAnswer(policy, tok.EncodeWithSpecials(doc.document()).value(), tok.Encode(doc.question()).value(), 10);
     const std::string label = absl::StrCat(PolicyKindName(kind), c.sparse_prefill ? " (question retrieves)" : "",
                                            c.speculative ? absl::StrCat(" speculative, tau ", c.tau) : "");
     EXPECT_EQ(a.ids, want) << label;
@@ -144,7 +144,8 @@ TEST_F(E2eTest, OneShotPromptsGoThroughATemporarySession) {
   const std::vector<int32_t> prompt = tok.EncodeWithSpecials(doc.document() + doc.question()).value();
   PolicyOptions policy;  // the decode service's default one-shot policy
   policy.budget = 1024;
-  EXPECT_EQ(a.ids, InProcessAnswer(policy, std::vector<int32_t>(prompt.begin(), prompt.end() - 1), {prompt.back()}, 10));
+  EXPECT_EQ(a.ids,
+            InProcessAnswer(policy, std::vector<int32_t>(prompt.begin(), prompt.end() - 1), {prompt.back()}, 10));
   EXPECT_EQ(cluster_->store_client().Stats()->sessions(), sessions_before);  // the temporary session is gone
 }
 
@@ -296,8 +297,7 @@ TEST_F(E2eTest, ThousandCancelledGenerationsLeaveNoLeasesAndNoPoolGrowth) {
     while (reader->Read(&r)) {
     }
     const grpc::Status s = reader->Finish();
-    cancelled += s.error_code() == grpc::StatusCode::CANCELLED ||
-                 s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+    cancelled += s.error_code() == grpc::StatusCode::CANCELLED || s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
   }
   EXPECT_GE(cancelled, 990);  // a 7 ms deadline may, rarely, be enough for the whole answer
   // Leases are released as each call unwinds; wait for the stragglers.
