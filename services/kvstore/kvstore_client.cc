@@ -89,6 +89,44 @@ absl::StatusOr<v1::StatsResponse> KvStoreClient::Stats() {
   return response;
 }
 
+absl::StatusOr<v1::OpenChannelResponse> KvStoreClient::OpenChannel(const std::string& session_id,
+                                                                   const StoreLease& lease,
+                                                                   const std::vector<v1::ChannelKind>& want) {
+  grpc::ClientContext context;
+  SetDeadline(&context, timeout_);
+  v1::OpenChannelRequest request;
+  request.set_session_id(session_id);
+  request.set_lease_id(lease.lease_id);
+  for (v1::ChannelKind k : want) request.add_want(k);
+  v1::OpenChannelResponse response;
+  LIVEKV_RETURN_IF_ERROR(FromGrpcStatus(stub_->OpenChannel(&context, request, &response)));
+  return response;
+}
+
+absl::StatusOr<v1::ResolveBlocksResponse> KvStoreClient::ResolveBlocks(const std::string& session_id,
+                                                                       const StoreLease& lease, int64_t version,
+                                                                       const std::vector<BlockRequest>& requests) {
+  grpc::ClientContext context;
+  SetDeadline(&context, timeout_);
+  v1::ResolveBlocksRequest request;
+  request.set_session_id(session_id);
+  request.set_lease_id(lease.lease_id);
+  request.set_version(version);
+  size_t blocks = 0;
+  for (const BlockRequest& r : requests) {
+    // ToBlockSets keeps the order given, so locations follow the blocks of `requests`.
+    for (v1::BlockSet& set : ToBlockSets(r.layer, r.kv_head, r.blocks)) *request.add_blocks() = std::move(set);
+    blocks += r.blocks.size();
+  }
+  v1::ResolveBlocksResponse response;
+  LIVEKV_RETURN_IF_ERROR(FromGrpcStatus(stub_->ResolveBlocks(&context, request, &response)));
+  if (static_cast<size_t>(response.locations_size()) != blocks) {
+    return absl::InternalError(absl::StrCat("ResolveBlocks answered ", response.locations_size(),
+                                            " locations for ", blocks, " blocks"));
+  }
+  return response;
+}
+
 absl::StatusOr<v1::GetIndexResponse> KvStoreClient::GetIndex(const std::string& session_id,
                                                              const std::vector<int32_t>& layers) {
   grpc::ClientContext context;

@@ -91,6 +91,14 @@ class KvStoreClient {
 
   absl::StatusOr<v1::StatsResponse> Stats();
 
+  // The data plane (services/channels/): what the store offers for reading the session's pool memory directly
+  // (KvStore.OpenChannel; `want` empty: every kind), and where blocks lie, pinned for the lease
+  // (KvStore.ResolveBlocks; one location per block of `requests`, in order).
+  absl::StatusOr<v1::OpenChannelResponse> OpenChannel(const std::string& session_id, const StoreLease& lease,
+                                                      const std::vector<v1::ChannelKind>& want);
+  absl::StatusOr<v1::ResolveBlocksResponse> ResolveBlocks(const std::string& session_id, const StoreLease& lease,
+                                                          int64_t version, const std::vector<BlockRequest>& requests);
+
  private:
   absl::StatusOr<v1::Session> AppendStream(const v1::BeginAppendRequest& begin, int64_t n,
                                            const std::vector<std::string>& keys, const std::vector<std::string>& values,

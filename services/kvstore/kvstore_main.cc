@@ -3,10 +3,17 @@
 //
 //   livekv_kvstore --listen 127.0.0.1:0 --port_file /tmp/kv.port --pool_bytes 8589934592
 //
+// Data plane (KvStore.OpenChannel, services/kvstore/data_plane.h): by default the pools live in POSIX
+// shared-memory segments ("/livekv-<pid>-<random>-<n>", mode 0600; --shm_arena) that same-host workers map
+// read-only, pre-faulted in the background (--shm_prefault), and a UCX worker serves RMA reads of them (--ucx;
+// UCX reads UCX_TLS / UCX_NET_DEVICES from the environment: set UCX_NET_DEVICES=lo to stay on loopback). At start
+// the store removes segments that crashed stores left in /dev/shm (--shm_remove_stale).
+//
 // SIGTERM or SIGINT: stop accepting calls, give in-flight calls --shutdown_grace_ms to finish, exit 0.
 #include <csignal>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -14,11 +21,14 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/time/time.h"
+#include "common/allocator.h"
 #include "common/clock.h"
 #include "common/logging.h"
+#include "common/shm/shm_arena.h"
 #include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
 #include "services/common/service_main.h"
+#include "services/kvstore/data_plane.h"
 #include "services/kvstore/kvstore_service.h"
 #include "services/kvstore/session_store.h"
 
@@ -34,6 +44,14 @@ ABSL_FLAG(int64_t, lease_ttl_ms, 30000, "lease lifetime when the holder names no
 ABSL_FLAG(int64_t, append_timeout_ms, 60000, "time to commit an append when the writer names none");
 ABSL_FLAG(int64_t, reap_interval_ms, 1000, "how often expired sessions, leases and appends are removed");
 ABSL_FLAG(int64_t, shutdown_grace_ms, 5000, "on SIGTERM/SIGINT, how long in-flight calls may take to finish");
+ABSL_FLAG(bool, shm_arena, true, "keep the KV pools in POSIX shared memory, for same-host workers to map");
+ABSL_FLAG(std::string, shm_prefault, "background",
+          "when to fault in a shared-memory pool: sync (before the first session of its page size is created), "
+          "background (on a thread, the pool usable meanwhile) or none (on first touch)");
+ABSL_FLAG(std::string, shm_prefix, "livekv", "shared-memory segment names start with /<prefix>-<pid>-");
+ABSL_FLAG(bool, shm_remove_stale, true, "at start, remove /dev/shm segments of this prefix whose creator is gone");
+ABSL_FLAG(bool, ucx, true, "serve the pools to UCX (RMA) readers; off, or if UCX cannot start: shm and gRPC only");
+ABSL_FLAG(std::string, ucx_transports, "", "UCX_TLS for the store's UCX context (\"\": the environment's)");
 
 namespace livekv {
 namespace {
@@ -73,10 +91,34 @@ int Run() {
   options.max_bytes_per_tenant = absl::GetFlag(FLAGS_max_bytes_per_tenant);
   options.default_lease_ttl = absl::Milliseconds(absl::GetFlag(FLAGS_lease_ttl_ms));
   options.default_append_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_append_timeout_ms));
-  SessionStore store(options, Clock::Real());
+  std::unique_ptr<ShmArena> arena;
+  if (absl::GetFlag(FLAGS_shm_arena)) {
+    absl::StatusOr<ShmArena::Prefault> prefault = ParsePrefault(absl::GetFlag(FLAGS_shm_prefault));
+    if (!prefault.ok()) {
+      LOG(ERROR) << "--shm_prefault: " << prefault.status().message();
+      return 2;
+    }
+    if (absl::GetFlag(FLAGS_shm_remove_stale)) RemoveStaleSegments(absl::GetFlag(FLAGS_shm_prefix));
+    absl::StatusOr<std::unique_ptr<ShmArena>> created = ShmArena::Create({absl::GetFlag(FLAGS_shm_prefix), *prefault});
+    if (!created.ok()) {
+      LOG(ERROR) << "--shm_prefix: " << created.status().message();
+      return 2;
+    }
+    arena = std::move(*created);
+  }
+  // Destroyed in reverse: the service, the data plane (UCX unregisters the pools), the store (pools return their
+  // arenas), the arena.
+  SessionStore store(options, Clock::Real(), arena.get());
+  DataPlane::Options plane_options;
+  plane_options.shm = arena.get();
+  plane_options.ucx = absl::GetFlag(FLAGS_ucx);
+  plane_options.ucx_options.transports = absl::GetFlag(FLAGS_ucx_transports);
+  DataPlane data_plane(plane_options);
 
   ServiceMetrics metrics("kvstore");
-  KvStoreService service(&store, &metrics);
+  KvStoreService::Options service_options;
+  service_options.data_plane = &data_plane;
+  KvStoreService service(&store, &metrics, service_options);
   store.StartReaper(absl::Milliseconds(absl::GetFlag(FLAGS_reap_interval_ms)));
   const ServeOptions serve{absl::GetFlag(FLAGS_listen), absl::GetFlag(FLAGS_port_file),
                            absl::GetFlag(FLAGS_metrics_listen), absl::GetFlag(FLAGS_metrics_port_file),

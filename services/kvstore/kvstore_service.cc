@@ -374,7 +374,64 @@ grpc::Status KvStoreService::Stats(grpc::ServerContext*, const v1::StatsRequest*
   response->set_expired_sessions(st.expired_sessions);
   response->set_expired_leases(st.expired_leases);
   response->set_aborted_appends(st.aborted_appends);
+  response->set_pinned_runs(st.pinned_runs);
+  response->set_pinned_bytes(st.pinned_bytes);
+  response->set_resolved_blocks(st.resolved_blocks);
   return Done("Stats", start, absl::OkStatus());
+}
+
+grpc::Status KvStoreService::OpenChannel(grpc::ServerContext*, const v1::OpenChannelRequest* request,
+                                         v1::OpenChannelResponse* response) {
+  const Start start = std::chrono::steady_clock::now();
+  absl::Status status = [&]() -> absl::Status {
+    bool want_shm = request->want().empty(), want_ucx = request->want().empty();
+    for (int i = 0; i < request->want_size(); ++i) {
+      switch (request->want(i)) {
+        case v1::CHANNEL_KIND_SHM:
+          want_shm = true;
+          break;
+        case v1::CHANNEL_KIND_UCX:
+          want_ucx = true;
+          break;
+        default:
+          return absl::InvalidArgumentError(absl::StrCat("want[", i, "]: ", request->want(i),
+                                                         " is not a channel kind (shm = 1, ucx = 2)"));
+      }
+    }
+    LIVEKV_ASSIGN_OR_RETURN(SessionInfo info, store_->GetSession(request->session_id()));
+    LIVEKV_ASSIGN_OR_RETURN(PoolView pool, store_->SessionPool(request->session_id(), request->lease_id()));
+    *response->mutable_geometry() = ToProto(info.geometry);
+    if (options_.data_plane != nullptr) {
+      options_.data_plane->Offer(pool, want_shm, want_ucx, response);
+    } else {
+      if (want_shm) response->set_shm_unavailable("the store runs without a data plane");
+      if (want_ucx) response->set_ucx_unavailable("the store runs without a data plane");
+    }
+    return absl::OkStatus();
+  }();
+  return Done("OpenChannel", start, status);
+}
+
+grpc::Status KvStoreService::ResolveBlocks(grpc::ServerContext*, const v1::ResolveBlocksRequest* request,
+                                           v1::ResolveBlocksResponse* response) {
+  const Start start = std::chrono::steady_clock::now();
+  std::vector<BlockList> blocks;
+  blocks.reserve(request->blocks_size());
+  for (const v1::BlockSet& set : request->blocks()) blocks.push_back({set.layer(), set.kv_head(), FromProto(set)});
+  absl::StatusOr<std::vector<BlockLocation>> locations =
+      store_->ResolveBlocks(request->session_id(), request->lease_id(), request->version(), blocks);
+  if (locations.ok()) {
+    response->mutable_locations()->Reserve(static_cast<int>(locations->size()));
+    for (const BlockLocation& l : *locations) {
+      v1::BlockLocation* p = response->add_locations();
+      p->set_pool_id(l.pool_id);
+      p->set_first_page(l.first_page);
+      p->set_num_pages(l.num_pages);
+      p->set_tokens(l.tokens);
+      p->set_generation(l.generation);
+    }
+  }
+  return Done("ResolveBlocks", start, locations.status());
 }
 
 }  // namespace livekv

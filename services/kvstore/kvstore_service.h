@@ -18,6 +18,8 @@
 //   Recall streams the blocks' bytes in chunks of at most 4 MiB (options.recall_chunk_bytes), each copied under the
 //   session's shared lock and written without it; an empty request yields one empty chunk (so the client learns
 //   total_bytes = 0).
+// Channels: OpenChannel answers with what options.data_plane offers (none without one: every kind then carries
+// its reason); ResolveBlocks pins and locates blocks (SessionStore::ResolveBlocks) whatever the data plane.
 // Handlers block on nothing but a session's lock (and, for streams, their own client).
 //
 // Thread-safety: thread-safe (gRPC calls handlers concurrently).
@@ -33,6 +35,7 @@
 #include "absl/status/status.h"
 #include "common/metrics/metrics.h"
 #include "proto/livekv/v1/kvstore.grpc.pb.h"
+#include "services/kvstore/data_plane.h"
 #include "services/kvstore/session_store.h"
 
 namespace livekv {
@@ -46,6 +49,8 @@ class KvStoreService final : public v1::KvStore::Service {
     // GetIndex and ListSessions responses larger than this are RESOURCE_EXHAUSTED (ask for fewer layers); below the
     // 64 MiB message limit of common/rpc.
     size_t max_response_bytes = size_t{60} << 20;
+    // Borrowed; what OpenChannel offers. Null: no channel but gRPC.
+    DataPlane* data_plane = nullptr;
   };
 
   // `store` and `metrics` are borrowed and must outlive the service; `metrics` may be null.
@@ -80,6 +85,10 @@ class KvStoreService final : public v1::KvStore::Service {
                             v1::ReleaseLeaseResponse* response) override;
   grpc::Status Stats(grpc::ServerContext* context, const v1::StatsRequest* request,
                      v1::StatsResponse* response) override;
+  grpc::Status OpenChannel(grpc::ServerContext* context, const v1::OpenChannelRequest* request,
+                           v1::OpenChannelResponse* response) override;
+  grpc::Status ResolveBlocks(grpc::ServerContext* context, const v1::ResolveBlocksRequest* request,
+                             v1::ResolveBlocksResponse* response) override;
 
  private:
   using Start = std::chrono::steady_clock::time_point;

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/logging.h"
+#include "common/shm/generation_table.h"
 #include "common/status_macros.h"
 #include "services/kvstore/append_plan.h"
 
@@ -21,11 +22,23 @@ namespace livekv {
 // Internal records.
 
 struct SessionStore::PoolSlot {
+  ~PoolSlot() {
+    pool.reset();
+    if (generations != nullptr) allocator->Free(generations, generation_region_bytes);
+  }
+
   std::unique_ptr<PagePool> pool;
   // Taken shared by every allocation or free in the pool (appending rows, creating or destroying a session,
-  // rollback, drops) and exclusively by the clustering step of a commit, from its trial allocation of the runs to
-  // ApplyClustering (session_store.h, "Atomic appends"). Lock order: after the store's lock.
+  // rollback, drops, releasing a lease's pins) and exclusively by the clustering step of a commit, from its trial
+  // allocation of the runs to ApplyClustering (session_store.h, "Atomic appends"). Lock order: after the store's
+  // lock.
   absl::Mutex alloc_mu;
+
+  uint32_t id = 0;
+  Allocator* allocator = nullptr;
+  // One generation per page (common/shm/generation_table.h), incremented only under the store's lock.
+  uint64_t* generations = nullptr;
+  size_t generation_region_bytes = 0;
 };
 
 struct SessionStore::StoredSession {
@@ -70,12 +83,51 @@ struct SessionStore::SessionEntry {
   bool Expired(absl::Time now) const { return leases == 0 && append_id.empty() && now >= Expires(); }
 };
 
+// A page run pinned for a lease by ResolveBlocks.
+struct SessionStore::LeasePin {
+  PoolSlot* slot = nullptr;
+  uint32_t first_page = 0;
+  uint32_t num_pages = 0;
+  PagePool::Handle handle;  // invalid for a sink: the lease's session reference pins it
+};
+
 struct SessionStore::LeaseEntry {
   std::string id;
   std::string session_id;
   std::string holder;
   std::shared_ptr<StoredSession> session;  // pins the pages, even after DeleteSession
   absl::Time expires;
+  absl::flat_hash_map<uint64_t, LeasePin> pins;  // by RunKey
+};
+
+struct SessionStore::Graveyard {
+  std::vector<std::shared_ptr<StoredSession>> sessions;
+  std::vector<std::pair<PoolSlot*, PagePool::Handle>> pins;
+
+  Graveyard() = default;
+  Graveyard(const Graveyard&) = delete;
+  Graveyard& operator=(const Graveyard&) = delete;
+  ~Graveyard() { clear(); }
+  void push_back(std::shared_ptr<StoredSession> s) { sessions.push_back(std::move(s)); }
+  void clear() {
+    // Releasing the last pin of an erased run frees it: a pool mutation (PoolSlot::alloc_mu).
+    for (auto& [slot, handle] : pins) {
+      absl::ReaderMutexLock pool_lock(&slot->alloc_mu);
+      handle.Release();
+    }
+    pins.clear();
+    sessions.clear();
+  }
+};
+
+// A block checked against its session, and its run of pages.
+struct SessionStore::ResolvedBlock {
+  int32_t layer = 0;
+  int32_t kv_head = 0;
+  BlockRef ref;
+  int64_t tokens = 0;
+  absl::Span<uint8_t> run;
+  PagePool::Key key = 0;  // the run's pool entry; 0 for a sink
 };
 
 struct SessionStore::PendingAppend {
@@ -156,6 +208,8 @@ absl::Status PoolError(const absl::Status& s, absl::string_view what) {
   return absl::Status(s.code(), absl::StrCat(what, ": ", s.message()));
 }
 
+uint64_t RunKey(uint32_t pool_id, uint32_t first_page) { return (uint64_t{pool_id} << 32) | first_page; }
+
 int64_t SinkBytes(const KvGeometry& g) {
   if (g.sink_tokens <= 0) return 0;
   return int64_t{g.num_layers} * g.num_kv_heads * g.layout.PagesFor(g.sink_tokens) *
@@ -226,9 +280,10 @@ SessionStore::~SessionStore() {
   {
     absl::MutexLock lock(&mu_);
     appends.swap(appends_);
-    for (auto& [id, lease] : leases_) graveyard.push_back(std::move(lease->session));
+    std::vector<std::string> lease_ids;
+    for (const auto& [id, lease] : leases_) lease_ids.push_back(id);
+    for (const std::string& id : lease_ids) RemoveLeaseLocked(id, &graveyard);  // bumps pinned runs' generations
     for (auto& [id, entry] : sessions_) graveyard.push_back(std::move(entry->session));
-    leases_.clear();
     sessions_.clear();
   }
   appends.clear();
@@ -250,6 +305,19 @@ absl::StatusOr<SessionStore::PoolSlot*> SessionStore::PoolFor(size_t page_bytes)
   if (!pool.ok()) return PoolError(pool.status(), absl::StrCat("creating the pool of ", page_bytes, "-byte pages"));
   auto slot = std::make_unique<PoolSlot>();
   slot->pool = std::move(*pool);
+  // The generation table comes from the same allocator, so a shared-memory store exports it as a segment of its
+  // own. Fresh regions are zero (HostAllocator, new shm segments); the table starts at zero either way.
+  const size_t table_bytes = GenerationTableBytes(slot->pool->num_pages());
+  slot->generation_region_bytes = (table_bytes + kArenaAlignment - 1) / kArenaAlignment * kArenaAlignment;
+  absl::StatusOr<void*> table = allocator_->Allocate(slot->generation_region_bytes);
+  if (!table.ok()) {
+    return PoolError(table.status(), absl::StrCat("creating the generation table of the pool of ", page_bytes,
+                                                  "-byte pages"));
+  }
+  slot->allocator = allocator_;
+  slot->generations = static_cast<uint64_t*>(*table);
+  std::memset(slot->generations, 0, table_bytes);
+  slot->id = next_pool_id_++;
   PoolSlot* raw = slot.get();
   pools_.emplace(page_bytes, std::move(slot));
   return raw;
@@ -320,6 +388,18 @@ void SessionStore::RemoveLeaseLocked(const std::string& lease_id, Graveyard* gra
   LeaseEntry& lease = *it->second;
   auto s = sessions_.find(lease.session_id);
   if (s != sessions_.end() && s->second->session == lease.session) s->second->leases -= 1;
+  // "Pins and generations": the last lease pinning a run increments its generations before its pin goes.
+  for (auto& [key, pin] : lease.pins) {
+    auto count = run_pins_.find(key);
+    CHECK(count != run_pins_.end()) << "lease " << lease_id << " pins run " << key << " without a count";
+    if (--count->second == 0) {
+      run_pins_.erase(count);
+      pinned_bytes_ -= static_cast<int64_t>(pin.num_pages) * static_cast<int64_t>(pin.slot->pool->page_bytes());
+      BumpGenerations(pin.slot->generations, pin.first_page, pin.num_pages);
+    }
+    if (pin.handle.valid()) graveyard->pins.emplace_back(pin.slot, std::move(pin.handle));
+  }
+  lease.pins.clear();
   graveyard->push_back(std::move(lease.session));
   leases_.erase(it);
 }
@@ -913,28 +993,24 @@ absl::StatusOr<SessionIndex> SessionStore::GetIndex(const std::string& session_i
   return index;
 }
 
-absl::StatusOr<std::unique_ptr<RecallReader>> SessionStore::StartRecall(const std::string& session_id,
-                                                                       const std::string& lease_id, int64_t version,
-                                                                       const std::vector<BlockList>& blocks) {
-  if (version < 0) return absl::InvalidArgumentError(absl::StrCat("version must be >= 0, saw ", version));
-  std::shared_ptr<StoredSession> s;
-  {
-    Graveyard graveyard;
-    absl::MutexLock lock(&mu_);
-    const absl::Time now = clock_->Now();
-    LIVEKV_ASSIGN_OR_RETURN(SessionEntry * entry, FindSessionLocked(session_id, now, &graveyard));
-    LIVEKV_ASSIGN_OR_RETURN(LeaseEntry * lease, FindLeaseLocked(lease_id, now, &graveyard));
-    if (lease->session != entry->session) {
-      return absl::FailedPreconditionError(absl::StrCat("lease \"", lease_id, "\" belongs to session \"",
-                                                        lease->session_id, "\", not \"", entry->session->id, "\""));
-    }
-    s = entry->session;
+absl::StatusOr<std::shared_ptr<SessionStore::StoredSession>> SessionStore::FindLeasedSession(
+    const std::string& session_id, const std::string& lease_id) {
+  Graveyard graveyard;
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = clock_->Now();
+  LIVEKV_ASSIGN_OR_RETURN(SessionEntry * entry, FindSessionLocked(session_id, now, &graveyard));
+  LIVEKV_ASSIGN_OR_RETURN(LeaseEntry * lease, FindLeaseLocked(lease_id, now, &graveyard));
+  if (lease->session != entry->session) {
+    return absl::FailedPreconditionError(absl::StrCat("lease \"", lease_id, "\" belongs to session \"",
+                                                      lease->session_id, "\", not \"", entry->session->id, "\""));
   }
-  const KvGeometry& g = s->geometry;
-  std::unique_ptr<RecallReader> reader(new RecallReader());
-  reader->store_ = this;
-  absl::ReaderMutexLock session_lock(&s->mu);
-  const SequenceKv& kv = *s->kv;
+  return entry->session;
+}
+
+absl::Status SessionStore::ResolveLocked(const StoredSession& s, int64_t version, const std::vector<BlockList>& blocks,
+                                         std::vector<ResolvedBlock>* out) const {
+  const KvGeometry& g = s.geometry;
+  const SequenceKv& kv = *s.kv;
   for (size_t i = 0; i < blocks.size(); ++i) {
     const BlockList& list = blocks[i];
     if (list.layer < 0 || list.layer >= g.num_layers || list.kv_head < 0 || list.kv_head >= g.num_kv_heads) {
@@ -944,14 +1020,14 @@ absl::StatusOr<std::unique_ptr<RecallReader>> SessionStore::StartRecall(const st
     }
     const HeadKv& head = kv.head(list.layer, list.kv_head);
     for (const BlockRef& ref : list.blocks) {
-      RecallReader::Block b;
+      ResolvedBlock b;
       b.layer = list.layer;
       b.kv_head = list.kv_head;
       b.ref = ref;
       switch (ref.kind) {
         case BlockRef::Kind::kSink:
           if (g.sink_tokens == 0) {
-            return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].sink: session \"", s->id,
+            return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].sink: session \"", s.id,
                                                            "\" has no sink (sink_tokens is 0)"));
           }
           b.tokens = head.sink_count();
@@ -963,15 +1039,16 @@ absl::StatusOr<std::unique_ptr<RecallReader>> SessionStore::StartRecall(const st
                                                            head.num_clusters(), ")"));
           }
           b.tokens = head.cluster(ref.index).num_tokens;
+          b.key = head.cluster(ref.index).key;
           break;
         case BlockRef::Kind::kPage: {
           const int32_t p = FindPage(head, ref.first_position);
           if (p < 0) {
             const std::string what = absl::StrCat("layer ", list.layer, " head ", list.kv_head,
                                                   " has no page at position ", ref.first_position);
-            if (version != 0 && version != s->version) {
-              return absl::AbortedError(absl::StrCat("session \"", s->id, "\" changed since version ", version,
-                                                     " (now ", s->version, "): ", what, "; reload the index"));
+            if (version != 0 && version != s.version) {
+              return absl::AbortedError(absl::StrCat("session \"", s.id, "\" changed since version ", version,
+                                                     " (now ", s.version, "): ", what, "; reload the index"));
             }
             if (version != 0) {
               return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "].pages: ", what, " at version ",
@@ -980,18 +1057,123 @@ absl::StatusOr<std::unique_ptr<RecallReader>> SessionStore::StartRecall(const st
             return absl::NotFoundError(absl::StrCat("blocks[", i, "].pages: ", what));
           }
           b.tokens = head.page(p).count;
+          b.key = head.page(p).key;
           break;
         }
       }
       absl::StatusOr<absl::Span<uint8_t>> bytes = kv.BlockBytes(list.layer, list.kv_head, ref);
       if (!bytes.ok()) return absl::InvalidArgumentError(absl::StrCat("blocks[", i, "]: ", bytes.status().message()));
-      b.bytes = static_cast<int64_t>(bytes->size());
-      reader->total_bytes_ += b.bytes;
-      reader->blocks_.push_back(b);
+      b.run = *bytes;
+      out->push_back(b);
     }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<RecallReader>> SessionStore::StartRecall(const std::string& session_id,
+                                                                       const std::string& lease_id, int64_t version,
+                                                                       const std::vector<BlockList>& blocks) {
+  if (version < 0) return absl::InvalidArgumentError(absl::StrCat("version must be >= 0, saw ", version));
+  LIVEKV_ASSIGN_OR_RETURN(std::shared_ptr<StoredSession> s, FindLeasedSession(session_id, lease_id));
+  std::unique_ptr<RecallReader> reader(new RecallReader());
+  reader->store_ = this;
+  std::vector<ResolvedBlock> resolved;
+  {
+    absl::ReaderMutexLock session_lock(&s->mu);
+    LIVEKV_RETURN_IF_ERROR(ResolveLocked(*s, version, blocks, &resolved));
+  }
+  for (const ResolvedBlock& r : resolved) {
+    RecallReader::Block b;
+    b.layer = r.layer;
+    b.kv_head = r.kv_head;
+    b.ref = r.ref;
+    b.tokens = r.tokens;
+    b.bytes = static_cast<int64_t>(r.run.size());
+    reader->total_bytes_ += b.bytes;
+    reader->blocks_.push_back(b);
   }
   reader->session_ = std::move(s);
   return reader;
+}
+
+absl::StatusOr<PoolView> SessionStore::SessionPool(const std::string& session_id, const std::string& lease_id) {
+  LIVEKV_ASSIGN_OR_RETURN(std::shared_ptr<StoredSession> s, FindLeasedSession(session_id, lease_id));
+  const PoolSlot& slot = *s->slot;
+  return PoolView{slot.id, slot.pool->page_bytes(), slot.pool->num_pages(), slot.pool->base(), slot.generations,
+                  slot.generation_region_bytes};
+}
+
+std::vector<PoolView> SessionStore::Pools() const {
+  std::vector<PoolView> out;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [page_bytes, slot] : pools_) {
+    out.push_back(PoolView{slot->id, slot->pool->page_bytes(), slot->pool->num_pages(), slot->pool->base(),
+                           slot->generations, slot->generation_region_bytes});
+  }
+  std::sort(out.begin(), out.end(), [](const PoolView& a, const PoolView& b) { return a.pool_id < b.pool_id; });
+  return out;
+}
+
+absl::StatusOr<std::vector<BlockLocation>> SessionStore::ResolveBlocks(const std::string& session_id,
+                                                                       const std::string& lease_id, int64_t version,
+                                                                       const std::vector<BlockList>& blocks) {
+  if (version < 0) return absl::InvalidArgumentError(absl::StrCat("version must be >= 0, saw ", version));
+  LIVEKV_ASSIGN_OR_RETURN(std::shared_ptr<StoredSession> s, FindLeasedSession(session_id, lease_id));
+  PoolSlot* const slot = s->slot;
+  PagePool& pool = *slot->pool;
+  std::vector<ResolvedBlock> resolved;
+  std::vector<PagePool::Handle> handles;
+  {
+    // The runs are looked up (pinned) while the session's lock keeps them in the session.
+    absl::ReaderMutexLock session_lock(&s->mu);
+    LIVEKV_RETURN_IF_ERROR(ResolveLocked(*s, version, blocks, &resolved));
+    handles.reserve(resolved.size());
+    for (const ResolvedBlock& r : resolved) {
+      if (r.key == 0) {
+        handles.emplace_back();
+        continue;
+      }
+      std::optional<PagePool::Handle> h = pool.Lookup(r.key);
+      CHECK(h.has_value()) << "session " << s->id << " holds pool entry " << r.key << " that its pool lacks";
+      handles.push_back(std::move(*h));
+    }
+  }
+  std::vector<BlockLocation> out(resolved.size());
+  Graveyard graveyard;  // pins of runs the lease holds already; released after the lock
+  absl::MutexLock lock(&mu_);
+  auto lease_it = leases_.find(lease_id);
+  if (lease_it == leases_.end() || lease_it->second->session != s || clock_->Now() >= lease_it->second->expires) {
+    for (PagePool::Handle& h : handles) {
+      if (h.valid()) graveyard.pins.emplace_back(slot, std::move(h));
+    }
+    return absl::NotFoundError(absl::StrCat("lease \"", lease_id, "\" ended while its blocks were resolved"));
+  }
+  LeaseEntry& lease = *lease_it->second;
+  const size_t page_bytes = pool.page_bytes();
+  for (size_t i = 0; i < resolved.size(); ++i) {
+    const ResolvedBlock& r = resolved[i];
+    BlockLocation& loc = out[i];
+    const size_t offset = static_cast<size_t>(r.run.data() - pool.base());
+    loc.pool_id = slot->id;
+    loc.first_page = static_cast<uint32_t>(offset / page_bytes);
+    loc.num_pages = static_cast<uint32_t>(r.run.size() / page_bytes);
+    loc.tokens = r.tokens;
+    const uint64_t key = RunKey(slot->id, loc.first_page);
+    auto [pin, inserted] = lease.pins.try_emplace(key);
+    if (inserted) {
+      pin->second.slot = slot;
+      pin->second.first_page = loc.first_page;
+      pin->second.num_pages = loc.num_pages;
+      pin->second.handle = std::move(handles[i]);
+      if (++run_pins_[key] == 1) pinned_bytes_ += static_cast<int64_t>(r.run.size());
+    } else if (handles[i].valid()) {
+      graveyard.pins.emplace_back(slot, std::move(handles[i]));
+    }
+    // Read after the pin is counted: from here the generation changes only once this lease's pin goes.
+    loc.generation = LoadGeneration(&slot->generations[loc.first_page]);
+  }
+  resolved_blocks_ += static_cast<int64_t>(resolved.size());
+  return out;
 }
 
 RecallReader::RecallReader() = default;
@@ -1045,6 +1227,9 @@ StoreStats SessionStore::Stats() const {
   st.expired_leases = expired_leases_;
   st.aborted_appends = aborted_appends_;
   st.committed_appends = committed_appends_;
+  st.pinned_runs = static_cast<int64_t>(run_pins_.size());
+  st.pinned_bytes = pinned_bytes_;
+  st.resolved_blocks = resolved_blocks_;
   return st;
 }
 

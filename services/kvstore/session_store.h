@@ -49,6 +49,27 @@
 // Expiry: ReapOnce() removes expired sessions, leases and appends at clock->Now(); StartReaper runs it
 // periodically on a thread. Expired objects are also treated as absent by lookups before the reaper runs.
 //
+// Pins and generations (the shared-memory and UCX channels, services/channels/). A lease holder may read block
+// bytes straight out of the pools' arenas, without the store copying them: ResolveBlocks tells it where each
+// block's page run lies (pool, first page, pages, tokens) and the run's generation, and *pins* the run for the
+// lease: a PagePool::Lookup handle kept in the lease entry (the sink, which has no key of its own, is pinned by the
+// lease's reference to the session, which owns it for its whole life). A pinned run is never freed or reused, and
+// its token rows are never rewritten (appends only fill rows past a page's committed count, which readers zero
+// like Recall does), so a reader holding a live lease copies exactly the resolved content. Pins are released when
+// the lease ends: ReleaseLease, expiry (ReapOnce or a lookup that finds it expired), or the store's destruction;
+// DeleteSession leaves leases (and so pins) alone, as before.
+// The lease cannot stop a reader that keeps copying after it ended, so every pool also has a generation table
+// (common/shm/generation_table.h: one uint64 per page, in memory from the same allocator, so a shared-memory
+// segment of its own with a ShmArena). When the last lease that pinned a run ends, every page of the run gets its
+// generation incremented, under the store's lock and before the pin is released; only then can the pool free the
+// run, and the next owner writes its pages only after taking the pool's mutex that the release went through — so
+// the increment happens-before any rewrite. A reader compares the run's generation after its copy (acquire fence
+// between) with the resolved one: equal means no rewrite touched what it read; different means the bytes may be
+// stale or torn, and it must discard them (ABORTED). Pins alone make the bytes safe while the lease lives;
+// generations alone could not stop a rewrite mid-copy but detect it; together: a reader never returns stale or
+// torn bytes, whether its lease is alive (pins) or not (generations). Incrementing only when the last pin goes
+// (not on every allocation) keeps the pools' allocation paths untouched and costs one atomic per page per lease.
+//
 // Thread-safety: thread-safe. Lock order: an append's lock, then a session's lock, then the store's lock, then a
 // pool's allocation lock (then the pool's own). Reads take only the session's lock (shared); the store's lock is
 // held for map lookups only, never while copying KV bytes.
@@ -134,6 +155,25 @@ struct SessionIndex {
   std::vector<HeadIndexData> heads;  // layer-major
 };
 
+// Where a block's bytes lie in the store's pools (ResolveBlocks), for channels that read them directly.
+struct BlockLocation {
+  uint32_t pool_id = 0;
+  uint32_t first_page = 0;  // pool page index: the run starts at arena + first_page * page_bytes
+  uint32_t num_pages = 0;   // exactly SequenceKv::BlockBytes' pages for the block
+  int64_t tokens = 0;       // rows holding tokens when resolved; readers zero the rest of the run, as Recall does
+  uint64_t generation = 0;  // of the run's first page, when resolved (see "Pins and generations")
+};
+
+// A pool's memory as a channel sees it.
+struct PoolView {
+  uint32_t pool_id = 0;
+  size_t page_bytes = 0;
+  uint32_t num_pages = 0;
+  uint8_t* arena = nullptr;         // num_pages * page_bytes bytes from the store's allocator
+  uint64_t* generations = nullptr;  // num_pages words, in a region of generation_region_bytes from the allocator
+  size_t generation_region_bytes = 0;
+};
+
 // Blocks of one (layer, KV head) to recall, in response order.
 struct BlockList {
   int32_t layer = 0;
@@ -152,6 +192,9 @@ struct StoreStats {
   int64_t expired_leases = 0;
   int64_t aborted_appends = 0;
   int64_t committed_appends = 0;
+  int64_t pinned_runs = 0;   // distinct page runs pinned by leases (ResolveBlocks)
+  int64_t pinned_bytes = 0;  // their bytes
+  int64_t resolved_blocks = 0;  // by ResolveBlocks since start
 };
 
 class RecallReader;
@@ -233,6 +276,16 @@ class SessionStore {
                                                             const std::string& lease_id, int64_t version,
                                                             const std::vector<BlockList>& blocks);
 
+  // The pool holding `session_id`'s pages, for a holder of `lease_id` opening a channel. Lease checks as
+  // StartRecall.
+  absl::StatusOr<PoolView> SessionPool(const std::string& session_id, const std::string& lease_id);
+  // Every pool created so far, by id.
+  std::vector<PoolView> Pools() const;
+  // Where `blocks` lie, one location per block in request order, each run pinned for the lease (see "Pins and
+  // generations"). Checks and codes as StartRecall; NOT_FOUND also when the lease ends during the call.
+  absl::StatusOr<std::vector<BlockLocation>> ResolveBlocks(const std::string& session_id, const std::string& lease_id,
+                                                           int64_t version, const std::vector<BlockList>& blocks);
+
   StoreStats Stats() const;
 
   // Removes what has expired at clock->Now(): leases, then appends past their deadline (an append being
@@ -251,12 +304,15 @@ class SessionStore {
   struct SessionEntry;
   struct LeaseEntry;
   struct PendingAppend;
+  struct LeasePin;
+  struct ResolvedBlock;
   struct TenantUsage {
     int64_t sessions = 0;
     int64_t bytes = 0;
   };
-  // Objects whose last reference may drop inside a critical section are moved here and destroyed after it.
-  using Graveyard = std::vector<std::shared_ptr<StoredSession>>;
+  // Objects whose last reference may drop inside a critical section (sessions, lease pins) are moved here and
+  // destroyed after it.
+  struct Graveyard;
 
   absl::StatusOr<PoolSlot*> PoolFor(size_t page_bytes) ABSL_LOCKS_EXCLUDED(mu_);
   std::string NewIdLocked(const char* prefix) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -269,6 +325,13 @@ class SessionStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveLeaseLocked(const std::string& lease_id, Graveyard* graveyard) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   SessionInfo InfoLocked(const SessionEntry& entry) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The live session `session_id` and lease `lease_id` of it (StartRecall's checks); returns the session.
+  absl::StatusOr<std::shared_ptr<StoredSession>> FindLeasedSession(const std::string& session_id,
+                                                                   const std::string& lease_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Checks `blocks` against the session (StartRecall's rules) and finds each one's run. REQUIRES: s.mu held.
+  absl::Status ResolveLocked(const StoredSession& s, int64_t version, const std::vector<BlockList>& blocks,
+                             std::vector<ResolvedBlock>* out) const;
   absl::StatusOr<std::shared_ptr<PendingAppend>> FindAppend(const std::string& append_id) ABSL_LOCKS_EXCLUDED(mu_);
   // Ends an open append without committing: drops the staging, unlists it. REQUIRES: a->mu held, a open.
   void AbortLocked(PendingAppend* a, const char* why) ABSL_LOCKS_EXCLUDED(mu_);
@@ -295,6 +358,12 @@ class SessionStore {
   int64_t expired_leases_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t aborted_appends_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t committed_appends_ ABSL_GUARDED_BY(mu_) = 0;
+  // Leases pinning each page run, by RunKey(pool, first page); a run's generations are incremented when its count
+  // drops to zero ("Pins and generations").
+  absl::flat_hash_map<uint64_t, int32_t> run_pins_ ABSL_GUARDED_BY(mu_);
+  int64_t pinned_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t resolved_blocks_ ABSL_GUARDED_BY(mu_) = 0;
+  uint32_t next_pool_id_ ABSL_GUARDED_BY(mu_) = 1;
 
   absl::Mutex reaper_mu_;
   bool reaper_stop_ ABSL_GUARDED_BY(reaper_mu_) = false;
