@@ -1,5 +1,6 @@
 #include "services/channels/channel_factory.h"
 
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -19,6 +20,30 @@ std::unique_ptr<KvChannel> WithGrpcFallback(std::unique_ptr<KvChannel> primary, 
   return std::make_unique<FallbackKvChannel>(std::move(primary),
                                              std::make_unique<GrpcKvChannel>(store, session_id, lease, version));
 }
+
+// A channel opened on its first Fetch: the UCX channel behind a shared-memory one costs an endpoint only when
+// shared memory fails. An open that fails is UNAVAILABLE (so the next fallback takes over).
+class OpenOnFirstFetch : public KvChannel {
+ public:
+  using Opener = std::function<absl::StatusOr<std::unique_ptr<KvChannel>>()>;
+  OpenOnFirstFetch(std::string name, Opener open) : name_(std::move(name)), open_(std::move(open)) {}
+  std::string name() const override { return name_; }
+  absl::Status Fetch(const std::vector<BlockDestination>& blocks, int64_t* bytes_out) override {
+    if (channel_ == nullptr) {
+      absl::StatusOr<std::unique_ptr<KvChannel>> opened = open_();
+      if (!opened.ok()) {
+        return absl::UnavailableError(absl::StrCat("opening the ", name_, " channel: ", opened.status().message()));
+      }
+      channel_ = std::move(*opened);
+    }
+    return channel_->Fetch(blocks, bytes_out);
+  }
+
+ private:
+  const std::string name_;
+  const Opener open_;
+  std::unique_ptr<KvChannel> channel_;
+};
 
 }  // namespace
 
@@ -54,7 +79,23 @@ absl::StatusOr<std::unique_ptr<KvChannel>> OpenKvChannel(KvStoreClient* store, c
       o.populate = preference.populate_mappings;
       absl::StatusOr<std::unique_ptr<ShmKvChannel>> ch =
           ShmKvChannel::Open(store, session_id, lease, version, offer->shm(), geometry.layout, o);
-      if (ch.ok()) return WithGrpcFallback(std::move(*ch), store, session_id, lease, version);
+      if (ch.ok()) {
+        if (!force.empty() || !offer->has_ucx()) {
+          return WithGrpcFallback(std::move(*ch), store, session_id, lease, version);
+        }
+        // shm, then UCX (opened only if shm fails), then gRPC.
+        UcxKvChannel::Options uo;
+        uo.timeout = preference.ucx_timeout;
+        auto open_ucx = [store, session_id, lease, version, ucx = offer->ucx(), layout = geometry.layout,
+                         uo]() -> absl::StatusOr<std::unique_ptr<KvChannel>> {
+          LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<UcxKvChannel> u,
+                                  UcxKvChannel::Open(store, session_id, lease, version, ucx, layout, uo));
+          return std::unique_ptr<KvChannel>(std::move(u));
+        };
+        return std::make_unique<FallbackKvChannel>(
+            std::move(*ch), WithGrpcFallback(std::make_unique<OpenOnFirstFetch>("ucx", std::move(open_ucx)), store,
+                                             session_id, lease, version));
+      }
       why_not.push_back(absl::StrCat("shm: ", ch.status().message()));
     } else {
       why_not.push_back(absl::StrCat("shm: ", offer->shm_unavailable()));

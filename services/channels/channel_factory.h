@@ -5,8 +5,9 @@
 //      host": no hostnames are compared);
 //   2. otherwise UCX, when the store offers it and UCX starts here;
 //   3. otherwise gRPC (KvStore.Recall).
-// A shared-memory or UCX channel comes wrapped in FallbackKvChannel with a gRPC channel behind it, so a channel that
-// fails with UNAVAILABLE mid-session falls back to gRPC.
+// Each channel comes wrapped in FallbackKvChannel with the next one behind it, so a channel that fails with
+// UNAVAILABLE mid-session falls back: shm → UCX (when offered; its endpoint is opened only then) → gRPC, and
+// UCX → gRPC.
 //
 //   LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<KvChannel> channel,
 //                           OpenKvChannel(&store, session_id, lease, index_version, ChannelPreference{}));

@@ -1,4 +1,5 @@
-// The decode service: livekv_decode --model DIR --kvstore HOST:PORT --prefill HOST:PORT [--listen ...].
+// The decode service: livekv_decode --model DIR --kvstore HOST:PORT --prefill HOST:PORT [--listen ...]
+// [--kv_channel shm|ucx|grpc].
 #include <iostream>
 
 #include "absl/flags/flag.h"
@@ -18,6 +19,9 @@ ABSL_FLAG(std::string, model, "models/tiny", "Model directory.");
 ABSL_FLAG(std::string, model_name, "", "Name sessions use for this model (default: the directory's last part).");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads (0: all).");
 ABSL_FLAG(int32_t, one_shot_budget, 1024, "Token budget of one-shot prompts' temporary sessions (clusterkv).");
+ABSL_FLAG(std::string, kv_channel, "",
+          "How recalled KV bytes move: \"\" (the fastest the store offers: shm on its host, else ucx, else grpc), "
+          "or force shm, ucx or grpc. A channel that fails mid-call falls back to the next.");
 ABSL_FLAG(int64_t, shutdown_grace_ms, 5000, "Time in-flight calls get to finish on SIGTERM.");
 
 int main(int argc, char** argv) {
@@ -37,6 +41,11 @@ int main(int argc, char** argv) {
   livekv::DecodeWorkerOptions options;
   options.model_name = name;
   options.one_shot_policy.budget = absl::GetFlag(FLAGS_one_shot_budget);
+  options.channel.force = absl::GetFlag(FLAGS_kv_channel);
+  if (const std::string& c = options.channel.force; c != "" && c != "shm" && c != "ucx" && c != "grpc") {
+    std::cerr << "livekv_decode: --kv_channel must be empty, shm, ucx or grpc, saw \"" << c << "\"\n";
+    return 2;
+  }
   livekv::DecodeWorker worker(&*model, &backend, &store, &prefill, options);
   livekv::ServiceMetrics metrics("decode");
   livekv::DecodeService service(&worker, &metrics);

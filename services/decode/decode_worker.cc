@@ -135,8 +135,9 @@ absl::StatusOr<GenerateOutcome> DecodeWorker::GenerateOnSession(
   const int64_t version = mirror.version;
   LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<PolicyKvContext> kv,
                           PolicyKvContext::Adopt(config, policy, std::move(mirror.kv), backend_->pool()));
-  RemoteBlockFetcher fetcher(kv->mutable_sequence(),
-                             std::make_unique<GrpcKvChannel>(store_, params.session_id, lease, version));
+  LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<KvChannel> channel,
+                          OpenKvChannel(store_, params.session_id, lease, version, options_.channel));
+  RemoteBlockFetcher fetcher(kv->mutable_sequence(), std::move(channel));
   // The positional tail is attended at every step by clusterkv and full, and the prompt's rows are appended
   // into its last page: recall it before anything local is written.
   LIVEKV_RETURN_IF_ERROR(

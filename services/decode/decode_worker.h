@@ -26,6 +26,7 @@
 #include "engine/model_files.h"
 #include "engine/sampler.h"
 #include "kvcache/policy_options.h"
+#include "services/channels/channel_factory.h"
 #include "services/kvstore/kvstore_client.h"
 #include "services/prefill/prefill_client.h"
 
@@ -36,6 +37,9 @@ struct DecodeWorkerOptions {
   PolicyOptions one_shot_policy;          // policy of temporary sessions
   absl::Duration lease_ttl = absl::Seconds(30);
   int64_t max_tokens_limit = 4096;        // largest max_tokens a request may ask for
+  // How recalled KV bytes move (services/channels/channel_factory.h): the fastest the store offers (shm on its
+  // host, else UCX, else gRPC), or a forced one; a channel failing mid-call falls back to the next.
+  ChannelPreference channel;
 };
 
 struct GenerateParams {
