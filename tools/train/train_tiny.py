@@ -1,16 +1,25 @@
 #!/usr/bin/env python3
-"""Trains livekv's small model on synthetic long-context retrieval tasks (run on the GPU machine).
+"""Trains livekv's small model on synthetic long-context tasks (run on the GPU machine).
 
 A byte-level Llama (vocabulary 259: bytes, <|bos|>=256, <|eos|>=257, <|pad|>=258), trained from scratch on
-documents of filler prose with facts hidden in them (tools/train/synthetic_tasks.py), with a length curriculum up
-to --max_len bytes. Writes a Hugging Face model directory (config.json, model.safetensors, livekv_tokenizer.json,
-train_log.json) that livekv loads directly.
+documents of tools/train/synthetic_tasks.py: passkey, multikey, multivalue, vartrack and commonword, with a length
+curriculum from 2k to --max_len tokens. The schedule (learning rate, curriculum) runs over --total_seconds of
+training; one call trains at most --max_seconds of it and, if the schedule is not finished, writes a checkpoint to
+resume from (--resume), so training fits under a per-command time limit. When the schedule is done it evaluates the
+saved bf16 weights on the committed evaluation documents (--eval_dir, the same files livekv's C++ evaluation reads)
+and writes a Hugging Face model directory (config.json, model.safetensors in bf16, livekv_tokenizer.json,
+train_log.json, eval_pytorch.json) that livekv loads directly.
 
-Usage: python3 tools/train/train_tiny.py --out OUT_DIR [--seconds 330]
+Usage: python3 tools/train/train_tiny.py --out OUT_DIR --ckpt CKPT [--resume CKPT]
+           [--total_seconds 720] [--max_seconds 480] [--eval_dir models/tiny/eval]
+       python3 tools/train/train_tiny.py --smoke ...   (CPU, a tiny config, seconds)
 """
 import argparse
+import glob
+import io
 import json
 import math
+import multiprocessing
 import os
 import random
 import sys
@@ -24,97 +33,177 @@ sys.path.insert(0, os.path.dirname(__file__))
 import synthetic_tasks  # noqa: E402
 
 BOS, EOS, PAD = 256, 257, 258
+ANSWER_WEIGHT = 20.0  # the answer is what the tasks test; filler prose is easy to predict
+FAMILIES = synthetic_tasks.ALL_FAMILIES
 
 
 def encode(text):
     return list(text.encode("utf-8"))
 
 
-def make_batch(rng, batch, length):
+def make_batch(seed, batch, length):
+    """`batch` documents of at most `length` tokens (BOS + prompt + answer + EOS), padded; runs in a worker."""
+    rng = random.Random(seed)
     ids = torch.full((batch, length), PAD, dtype=torch.long)
     weights = torch.zeros((batch, length))
     for b in range(batch):
-        n_bytes = rng.randint(length // 4, length - 64)
-        prompt, answer = synthetic_tasks.make_document(rng, n_bytes)
-        toks = [BOS] + encode(prompt)
-        ans = encode(answer) + [EOS]
-        toks = (toks + ans)[:length]
+        n_bytes = rng.randint(length // 2, length - 160)
+        while True:
+            prompt, answer = synthetic_tasks.make_document(rng, n_bytes, families=FAMILIES)
+            toks = [BOS] + encode(prompt) + encode(answer) + [EOS]
+            if len(toks) <= length:
+                break
+            n_bytes -= 256  # needles and question made it too long: a shorter document
         ids[b, :len(toks)] = torch.tensor(toks)
-        # Next-token loss on the whole document; the answer counts 20x (it is what the tasks test).
-        w = torch.zeros(length)
-        w[:len(toks) - 1] = 1.0
-        a0 = min(len(toks), 1 + len(encode(prompt))) - 1
-        w[a0:len(toks) - 1] = 20.0
-        weights[b] = w
+        # Weight of the prediction of token t+1 at position t: 1 on the document, ANSWER_WEIGHT on the answer.
+        a0 = 1 + len(encode(prompt)) - 1  # position whose next token is the answer's first
+        weights[b, :len(toks) - 1] = 1.0
+        weights[b, a0:len(toks) - 1] = ANSWER_WEIGHT
     return ids, weights
 
 
-def evaluate(model, rng, lengths, trials, device):
+def curriculum_length(frac, rng, min_len, max_len):
+    """2k tokens first, growing to max_len by half the schedule, then lengths mixed uniformly on a log scale."""
+    if frac < 0.1:
+        length = min_len
+    elif frac < 0.5:
+        length = int(min_len * (max_len / min_len) ** ((frac - 0.1) / 0.4))
+    else:
+        length = int(min_len * (max_len / min_len) ** rng.random())
+    return max(256, (length // 256) * 256)
+
+
+def read_eval_sets(eval_dir, docs):
+    sets = {}
+    for path in sorted(glob.glob(os.path.join(eval_dir, "*.jsonl"))):
+        name = os.path.basename(path)[:-len(".jsonl")]
+        with open(path) as f:
+            sets[name] = [json.loads(line) for line in f][:docs]
+    return sets
+
+
+def greedy_answers(model, sets, device):
+    """Per set, the greedy continuation of each prompt (as many bytes as the expected answer), in fp32."""
     model.eval()
     out = {}
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        for length in lengths:
-            for task in ["passkey", "multikey", "vartrack"]:
-                ok = 0
-                for _ in range(trials):
-                    prompt, answer = synthetic_tasks.make_document(rng, length, task)
-                    ids = torch.tensor([[BOS] + encode(prompt)], device=device)
-                    want = encode(answer)
-                    got = []
-                    past = None
-                    x = ids
-                    for _ in range(len(want)):
-                        o = model(x, past_key_values=past, use_cache=True)
-                        past = o.past_key_values
-                        t = int(o.logits[0, -1].argmax())
-                        got.append(t)
-                        x = torch.tensor([[t]], device=device)
-                    ok += got == want
-                out[f"{task}@{length}"] = ok / trials
-    model.train()
+    with torch.no_grad():
+        for name, docs in sets.items():
+            got_all = []
+            for doc in docs:
+                x = torch.tensor([[BOS] + encode(doc["prompt"])], device=device)
+                past = None
+                got = []
+                for _ in range(len(encode(doc["answer"]))):
+                    o = model(x, past_key_values=past, use_cache=True)
+                    past = o.past_key_values
+                    t = int(o.logits[0, -1].argmax())
+                    if t >= 256:
+                        break
+                    got.append(t)
+                    x = torch.tensor([[t]], device=device)
+                got_all.append(bytes(got).decode("utf-8", errors="replace"))
+            out[name] = got_all
     return out
+
+
+CKPT_PART_BYTES = 15 << 20  # the GPU machine returns files of at most 16 MiB
+
+
+def save_checkpoint(path, model, state):
+    """Weights (fp32) and schedule state in parts PATH.0, PATH.1, ... The optimizer's moments are not kept (they
+    would double the size): a resumed call warms the learning rate up again instead."""
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "state": state}, buf)
+    data = buf.getvalue()
+    for old in glob.glob(path + ".*"):
+        os.remove(old)
+    for i in range(0, len(data), CKPT_PART_BYTES):
+        with open(f"{path}.{i // CKPT_PART_BYTES}", "wb") as f:
+            f.write(data[i:i + CKPT_PART_BYTES])
+
+
+def load_checkpoint(path, device):
+    parts = sorted(glob.glob(path + ".*"), key=lambda p: int(p.rsplit(".", 1)[1]))
+    if not parts:
+        raise FileNotFoundError(f"no checkpoint parts {path}.0, {path}.1, ...")
+    data = b"".join(open(p, "rb").read() for p in parts)
+    return torch.load(io.BytesIO(data), map_location=device)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seconds", type=float, default=330)
-    ap.add_argument("--max_len", type=int, default=4096)
+    ap.add_argument("--out", required=True, help="model directory written when the schedule is done")
+    ap.add_argument("--ckpt", required=True, help="checkpoint (parts CKPT.0, CKPT.1, ...) written when this call "
+                    "stops before the end of the schedule")
+    ap.add_argument("--resume", help="checkpoint to continue from (the --ckpt of an earlier call)")
+    ap.add_argument("--total_seconds", type=float, default=720, help="training time of the whole schedule")
+    ap.add_argument("--max_seconds", type=float, default=480, help="training time of this call")
+    ap.add_argument("--min_len", type=int, default=2048, help="tokens")
+    ap.add_argument("--max_len", type=int, default=16384, help="tokens")
+    ap.add_argument("--batch_tokens", type=int, default=65536)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--intermediate", type=int, default=768)
+    ap.add_argument("--rope_theta", type=float, default=500000.0)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--init", help="a model directory to start from (an earlier training stage) instead of random")
+    ap.add_argument("--eval_dir", default="models/tiny/eval")
+    ap.add_argument("--eval_docs", type=int, default=20, help="documents per evaluation file")
+    ap.add_argument("--workers", type=int, default=8, help="processes generating batches")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="CPU, a tiny model and lengths: checks the logic")
     args = ap.parse_args()
+    device = "cpu" if args.smoke else "cuda"
     torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
-    device = "cuda"
-    config = LlamaConfig(vocab_size=259, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=2, head_dim=32, rope_theta=100000.0,
+    config = LlamaConfig(vocab_size=259, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                         num_hidden_layers=args.layers, num_attention_heads=args.hidden // 32,
+                         num_key_value_heads=max(1, args.hidden // 128), head_dim=32, rope_theta=args.rope_theta,
                          max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True,
                          bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
     config._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(config).to(device)
+    if args.init:
+        # Continue from an earlier stage (its architecture and rope_theta; the size flags are ignored).
+        model = LlamaForCausalLM.from_pretrained(args.init, dtype=torch.float32, attn_implementation="sdpa")
+        model = model.to(device)
+    else:
+        model = LlamaForCausalLM(config).to(device)
     params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=1.5e-3, betas=(0.9, 0.95), weight_decay=0.05)
-    batch_tokens = 65536
-    t0 = time.time()
-    step = 0
-    log = []
-    while True:
-        elapsed = time.time() - t0
-        if elapsed > args.seconds:
-            break
-        frac = elapsed / args.seconds
-        # Length curriculum: 512 -> max_len over the first 70% of the time, then mixed lengths.
-        if frac < 0.7:
-            length = int(512 * (args.max_len / 512) ** (frac / 0.7))
-        else:
-            length = rng.choice([1024, 2048, args.max_len])
-        length = max(256, (length // 64) * 64)
-        batch = max(4, batch_tokens // length)
-        lr = 1.5e-3 * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
+    state = {"step": 0, "seconds": 0.0, "log": [], "calls": 0}
+    if args.resume:
+        ck = load_checkpoint(args.resume, device)
+        model.load_state_dict(ck["model"])
+        state = ck["state"]
+        print(f"resumed at step {state['step']}, {state['seconds']:.0f}s of {args.total_seconds:.0f}s", flush=True)
+    state["calls"] += 1
+    rng = random.Random(f"{args.seed}-{state['step']}")
+    pool = multiprocessing.get_context("spawn").Pool(args.workers)
+    pending = []  # (length, batch, async result), requested ahead so generation overlaps the GPU
+
+    def request():
+        frac = min(1.0, state["seconds"] / args.total_seconds)
+        length = curriculum_length(frac, rng, args.min_len, args.max_len)
+        batch = max(1, args.batch_tokens // length)
+        seed = rng.getrandbits(63)
+        pending.append((length, batch, pool.apply_async(make_batch, (seed, batch, length))))
+
+    first_step = state["step"]
+    t_call = time.time()
+    seconds_at_start = state["seconds"]
+    while len(pending) < args.workers:
+        request()
+    while state["seconds"] < args.total_seconds and time.time() - t_call < args.max_seconds:
+        frac = state["seconds"] / args.total_seconds
+        step = state["step"]
+        warm = min(1.0, (step + 1) / 200, (step - first_step + 1) / 100)  # warm up again after a resume
+        lr = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        ids, w = make_batch(rng, batch, length)
-        ids, w = ids.to(device), w.to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        length, batch, result = pending.pop(0)
+        request()
+        ids, w = result.get()
+        ids, w = ids.to(device, non_blocking=True), w.to(device, non_blocking=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=not args.smoke):
             logits = model(ids).logits
         loss_tok = F.cross_entropy(logits[:, :-1].float().reshape(-1, 259), ids[:, 1:].reshape(-1), reduction="none")
         loss = (loss_tok * w[:, :-1].reshape(-1)).sum() / w[:, :-1].sum()
@@ -122,26 +211,55 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 100 == 0:
-            print(f"step {step} t={elapsed:.0f}s len={length} batch={batch} lr={lr:.2e} loss={loss.item():.4f}",
-                  flush=True)
-            log.append({"step": step, "seconds": round(elapsed, 1), "length": length, "loss": loss.item()})
-        step += 1
-    eval_rng = random.Random(12345)
-    acc = evaluate(model, eval_rng, [1024, 2048, 4096], 30, device)
-    print("eval (greedy, exact answer):", json.dumps(acc), flush=True)
+        if step % 50 == 0:
+            # Answer-only loss: how well the facts are retrieved, apart from the filler.
+            ans = (w[:, :-1] > 1).reshape(-1)
+            ans_loss = loss_tok[ans].mean().item() if ans.any() else float("nan")
+            print(f"step {step} t={state['seconds']:.0f}s len={length} batch={batch} lr={lr:.2e} "
+                  f"loss={loss.item():.4f} answer_loss={ans_loss:.4f}", flush=True)
+            state["log"].append({"step": step, "seconds": round(state["seconds"], 1), "length": length,
+                                 "loss": round(loss.item(), 5), "answer_loss": round(ans_loss, 5)})
+        state["step"] += 1
+        state["seconds"] = seconds_at_start + (time.time() - t_call)
+    pool.terminate()
+    if state["seconds"] < args.total_seconds:
+        save_checkpoint(args.ckpt, model, state)
+        print(f"RESUME: {state['seconds']:.0f}s of {args.total_seconds:.0f}s at step {state['step']}; "
+              f"checkpoint {args.ckpt}", flush=True)
+        return
     os.makedirs(args.out, exist_ok=True)
-    model.to(torch.float32).save_pretrained(args.out, safe_serialization=True)
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(args.out, safe_serialization=True)
     for f in os.listdir(args.out):
         if f not in ("config.json", "model.safetensors"):
             os.remove(os.path.join(args.out, f))
+    with open(os.path.join(args.out, "config.json")) as f:
+        saved = json.load(f)
+    rope_theta = saved.get("rope_theta", saved.get("rope_parameters", {}).get("rope_theta"))
     with open(os.path.join(args.out, "livekv_tokenizer.json"), "w") as f:
         f.write('{"type": "byte"}\n')
+    # Evaluate exactly the saved weights, in fp32 as livekv's CPU engine computes.
+    model = model.to(torch.float32)
+    t_eval = time.time()
+    sets = read_eval_sets(args.eval_dir, args.eval_docs)
+    answers = greedy_answers(model, sets, device)
+    accuracy = {}
+    for name, docs in sets.items():
+        accuracy[name] = sum(a == d["answer"] for a, d in zip(answers[name], docs)) / max(1, len(docs))
+    print("eval (fp32 from the bf16 weights, greedy, exact answer):", json.dumps(accuracy), flush=True)
+    with open(os.path.join(args.out, "eval_pytorch.json"), "w") as f:
+        json.dump({"eval_dir": args.eval_dir, "docs": args.eval_docs, "accuracy": accuracy, "answers": answers}, f,
+                  indent=1)
     with open(os.path.join(args.out, "train_log.json"), "w") as f:
-        json.dump({"parameters": params, "steps": step, "seconds": round(time.time() - t0, 1),
-                   "torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "log": log,
-                   "eval_transformers_bf16": acc}, f, indent=1)
-    print(f"saved {args.out}: {params} parameters, {step} steps", flush=True)
+        json.dump({"parameters": params, "steps": state["step"], "train_seconds": round(state["seconds"], 1),
+                   "calls": state["calls"], "eval_seconds": round(time.time() - t_eval, 1),
+                   "init": args.init, "families": list(FAMILIES), "min_len": args.min_len, "max_len": args.max_len,
+                   "batch_tokens": args.batch_tokens, "lr": args.lr,
+                   "rope_theta": rope_theta,
+                   "torch": torch.__version__,
+                   "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                   "log": state["log"], "eval_pytorch_fp32": accuracy}, f, indent=1)
+    print(f"saved {args.out}: {params} parameters, {state['step']} steps", flush=True)
 
 
 if __name__ == "__main__":
