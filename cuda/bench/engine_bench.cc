@@ -238,6 +238,7 @@ void Run() {
     };
     const Variant variants[] = {{cuda::DecodeKernel::kLegacy, 0, "legacy"}, {cuda::DecodeKernel::kMma, 0, "mma"},
                                 {cuda::DecodeKernel::kMma, 2, "mma_st2"}, {cuda::DecodeKernel::kMma, 4, "mma_st4"},
+                                {cuda::DecodeKernel::kMmaRowLoads, 0, "mma_rowloads"},
                                 {cuda::DecodeKernel::kPipelined, 0, "pipelined"},
                                 {cuda::DecodeKernel::kPipelined, 2, "pipelined_st2"}};
     std::vector<float> ref;
@@ -329,8 +330,17 @@ void Run() {
   std::vector<float> logits;
   {
     auto kv = Check(DenseKvCache::Create(config, gpu.get(), DType::kBF16, 64), "kv");
-    const StepStats st = Decode(*model, kv.get(), &logits, 3, 20);
-    Report("decode_ctx0_step_ms", st.median_ms, "ms", st.median_ms / floor_ms, "weight-read floor (no KV to read)");
+    // Decode-step fusion and programmatic launch off, fusion only, then both (the default, used below).
+    for (int mode = 0; mode < 3; ++mode) {
+      gpu->set_fuse_decode_ops(mode >= 1);
+      gpu->set_programmatic_launch(mode >= 2);
+      logits.clear();
+      const StepStats st = Decode(*model, kv.get(), &logits, 3, 20);
+      const char* tag = mode == 0 ? "_unfused_nopdl" : mode == 1 ? "_fused_nopdl" : "";
+      Report(std::string("decode_ctx0_step_ms") + tag, st.median_ms, "ms", st.median_ms / floor_ms,
+             mode == 2 ? "weight-read floor (no KV to read; fused GEMVs, programmatic launch)"
+                       : "weight-read floor (no KV to read)");
+    }
   }
   const size_t free_after_model = DeviceFree();
 

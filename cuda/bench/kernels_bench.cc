@@ -31,6 +31,7 @@
 #include "cuda/runtime/buffers.h"
 #include "cuda/runtime/cuda_status.h"
 #include "cuda/runtime/device.h"
+#include "cuda/runtime/launch.h"
 #include "cuda/runtime/stream.h"
 
 namespace livekv {
@@ -167,13 +168,16 @@ void Run() {
     DeviceBuffer w = Alloc(copies * m * k * 2), x = Alloc(k * 2), o = Alloc(m * 4);
     BENCH_CHECK(FillUniformBf16(w.as<bf16>(), copies * m * k, 4, 0.05f, s));
     BENCH_CHECK(FillUniformBf16(x.as<bf16>(), k, 5, 1.0f, s));
-    for (bool gemv : {true, false}) {
+    for (int mode = 0; mode < 3; ++mode) {  // GEMV, GEMV with programmatic launch (as in the engine), cuBLASLt
+      const bool gemv = mode < 2;
+      ScopedPdl pdl(mode == 1);
       gemm.set_use_gemv(gemv);
       const double ms = TimeMs(s, [&](int i) {
         BENCH_CHECK(gemm.Linear({x.as<bf16>(), 1, k, w.as<bf16>() + (i % copies) * m * k, m, nullptr, o.data(), GemmOutput::kBf16}, s));
       });
       const double gbs = m * k * 2.0 / (ms * 1e-3) / 1e9;
-      Report(absl::StrFormat("%s_n1_%lldx%lld", gemv ? "gemv" : "cublas", (long long)k, (long long)m), gbs, "GB/s", gbs / hbm,
+      Report(absl::StrFormat("%s_n1_%lldx%lld", mode == 0 ? "gemv" : mode == 1 ? "gemv_pdl" : "cublas", (long long)k,
+                             (long long)m), gbs, "GB/s", gbs / hbm,
              "measured HBM copy");
     }
     gemm.set_use_gemv(true);
@@ -253,7 +257,8 @@ void Run() {
         const char* tag;
       };
       for (const Variant& v : {Variant{DecodeKernel::kMma, 0, ""}, Variant{DecodeKernel::kMma, 2, "_st2"},
-                               Variant{DecodeKernel::kMma, 4, "_st4"}, Variant{DecodeKernel::kPipelined, 0, "_pipelined"},
+                               Variant{DecodeKernel::kMma, 4, "_st4"}, Variant{DecodeKernel::kMmaRowLoads, 0, "_rowloads"},
+                               Variant{DecodeKernel::kPipelined, 0, "_pipelined"},
                                Variant{DecodeKernel::kPipelined, 2, "_pipelined_st2"},
                                Variant{DecodeKernel::kLegacy, 0, "_legacy"}}) {
         const int occ = std::max(1, DecodeCtasPerSm(d, hq / hkv, v.stages, v.kernel));
@@ -295,7 +300,10 @@ void Run() {
   // Sparse: 2048 tokens per head = 64 random pages of a 512 MiB pool, 8 different selections rotated.
   {
     PagePool pool = MakePool(8 * hkv * 1024, s, 7);
-    for (int variant = 0; variant < 5; ++variant) {
+    // Variant 5: the tensor-core kernel launched back to back with programmatic dependent launch (as in the engine's
+    // decode step, where it follows the RoPE kernel).
+    for (int variant = 0; variant < 6; ++variant) {
+      ScopedPdl pdl(variant == 5);
       const int min_tokens = variant == 1 ? 128 : variant == 2 ? 256 : 64;
       const DecodeKernel kernel = variant == 3 ? DecodeKernel::kPipelined : variant == 4 ? DecodeKernel::kLegacy : DecodeKernel::kMma;
       std::mt19937 rng(9);
@@ -312,7 +320,7 @@ void Run() {
         }
         plans.push_back(plan_for({&ctxs[sel]}, std::max(1, DecodeCtasPerSm(d, hq / hkv, 0, kernel)), min_tokens));
       }
-      const char* tag = variant == 3 ? "_pipelined" : variant == 4 ? "_legacy" : "";
+      const char* tag = variant == 3 ? "_pipelined" : variant == 4 ? "_legacy" : variant == 5 ? "_pdl" : "";
       decode_case(absl::StrFormat("decode_sparse2048_b1%s%s", tag, min_tokens == 64 ? "" : absl::StrFormat("_min%d", min_tokens)),
                   plans, 1, 2048, kernel, true);
     }

@@ -555,7 +555,16 @@ static __global__ void __launch_bounds__(kPipeThreads) DecodePipelinedKernel(Dec
 //   S (16 x 16 keys) = Q K^T   8 k-steps x 2 n-tiles of 8 keys, B fragments straight from the K rows in shared memory;
 //   P = exp2(S * scale - m)    on the accumulator fragments (row = head g = lane / 4, columns 2t, 2t + 1);
 //   O (16 x D) += P V          P repacked as the A fragment, V B fragments from shared memory (conflict-free).
-// The 4 warp states merge through shared memory at the end; split slots then merge across CTAs as before.
+// Loads (kRowLoads = false, the default): lane l copies 16-byte chunk l % (D / 8) of row l / (D / 8) (+ 32 / (D / 8)
+// per copy), so one warp-wide cp.async reads whole rows: 512 contiguous bytes at D = 128 when the tile's rows are
+// contiguous in memory (checked per tile with a warp vote; otherwise each row's address comes from the lane that
+// looked it up, by shuffle). Every 32-byte sector an instruction touches is fully used. kRowLoads = true is the
+// first mapping (lane = key, 8 chunks of its own row per lane: 32 half-used sectors per instruction), kept for
+// comparison. The B fragments come from shared memory by ldmatrix (K: one x4 per 16 dims for both key n-tiles; V:
+// one x4.trans per 16 output columns) instead of 32-bit and 16-bit loads (kRowLoads = true keeps those: per tile
+// and thread 32 + 64 loads and 32 packs instead of 16 ldmatrix).
+// The 4 warp states merge through shared memory at the end; split slots then merge across CTAs: the last CTA of a
+// slot reads the partial (m, l) of all its items in one pass and the partial outputs as float4 with 8 items in flight.
 
 constexpr int kMmaWarps = 4;
 constexpr int kMmaKeys = 16;  // keys per warp tile
@@ -576,7 +585,7 @@ constexpr size_t MmaDynamicSharedBytes() {
 }
 
 // grid: (num_items, ceil(group / 8)); block: 32 * kMmaWarps; dynamic shared memory MmaDynamicSharedBytes<kD, kStages>().
-template <int kD, int kStages>
+template <int kD, int kStages, bool kRowLoads = false>
 static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeParams p) {
   using S = MmaShape<kD, kStages>;
   constexpr int kG = 8;
@@ -590,6 +599,8 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
   __shared__ float s_m[kG], s_l[kG];
   __shared__ int s_last;
 
+  GridDependencyWait();  // q comes from the previous kernel (programmatic launch); the plan from a copy before it
+  GridDependentsLaunch();
   const DecodeItem item = p.items[blockIdx.x];
   const int h0 = blockIdx.y * kG;
   const int heads = min(kG, p.group - h0);
@@ -620,31 +631,64 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
   unsigned char* wbase = smem + warp * S::kWarpBytes;
   const int lkey = lane & 15, half = lane >> 4;
 
-  // This warp's tiles: w, w + 4, ...; its n-th tile goes to stage n % kStages.
+  // This warp's tiles: w, w + 4, ...; its n-th tile goes to stage n % kStages. Lane l looks up key l % 16 (its run,
+  // row addresses and visibility); the copies then follow the row-contiguous mapping above.
+  constexpr int kChunks = kD / 8;                 // 16-byte chunks per row
+  constexpr int kRowsPerCopy = 32 / kChunks;       // whole rows one warp-wide copy covers (1 at D = 256)
+  constexpr int kCopies = kMmaKeys / kRowsPerCopy; // copies per tile, each of K and of V
+  const int crow = lane / kChunks, cchunk = lane % kChunks;
   auto load = [&](int n) {
     const int tile = warp + n * kMmaWarps;
     const int st = n % kStages;
-    unsigned char* kb = wbase + st * S::kTileBytes + lkey * S::kStride;
-    unsigned char* vb = kb + kMmaKeys * S::kStride;
-    const int tok = item.token_begin + tile * kMmaKeys + lkey;
-    const bf16* kp = p.q;
+    unsigned char* kt = wbase + st * S::kTileBytes;
+    unsigned char* vt = kt + kMmaKeys * S::kStride;
+    const int tok0 = item.token_begin + tile * kMmaKeys;
+    const int tok = tok0 + lkey;
+    const bf16* kp = p.q;  // any valid address: a zero-byte source is not read
     const bf16* vp = p.q;
-    int bytes = 0;
+    const bool valid = tok < item.token_end;
     bool ok = false;
-    if (tok < item.token_end) {
+    if (valid) {
       const int r = FindRunIn(s_tok, item.run_count, tok);
       const int64_t row = tok - s_tok[r];
       kp = s_k[r] + row * kD;
       vp = s_v[r] + row * kD;
-      bytes = 16;
       ok = p.window <= 0 || q_pos - (s_pos[r] + row) < p.window;
     }
     if (half == 0) s_ok[warp][st][lkey] = ok;
+    if constexpr (kRowLoads) {
+      unsigned char* kb = kt + lkey * S::kStride;
+      unsigned char* vb = vt + lkey * S::kStride;
+      const int bytes = valid ? 16 : 0;
 #pragma unroll
-    for (int j = 0; j < S::kChunksPerLane; ++j) {
-      const int c = half * S::kChunksPerLane + j;
-      CpAsync16(kb + c * 16, kp + (bytes ? c * 8 : 0), bytes);
-      CpAsync16(vb + c * 16, vp + (bytes ? c * 8 : 0), bytes);
+      for (int j = 0; j < S::kChunksPerLane; ++j) {
+        const int c = half * S::kChunksPerLane + j;
+        CpAsync16(kb + c * 16, kp + (bytes ? c * 8 : 0), bytes);
+        CpAsync16(vb + c * 16, vp + (bytes ? c * 8 : 0), bytes);
+      }
+    } else {
+      const bf16* k0 = reinterpret_cast<const bf16*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(kp), 0));
+      const bf16* v0 = reinterpret_cast<const bf16*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(vp), 0));
+      const bool contiguous = __all_sync(0xffffffffu, !valid || (kp == k0 + lkey * kD && vp == v0 + lkey * kD));
+      if (contiguous) {
+#pragma unroll
+        for (int j = 0; j < kCopies; ++j) {
+          const int rr = j * kRowsPerCopy + crow;
+          const bool rv = tok0 + rr < item.token_end;
+          CpAsync16(kt + rr * S::kStride + cchunk * 16, rv ? k0 + rr * kD + cchunk * 8 : p.q, rv ? 16 : 0);
+          CpAsync16(vt + rr * S::kStride + cchunk * 16, rv ? v0 + rr * kD + cchunk * 8 : p.q, rv ? 16 : 0);
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kCopies; ++j) {
+          const int rr = j * kRowsPerCopy + crow;
+          const bool rv = tok0 + rr < item.token_end;
+          const bf16* kr = reinterpret_cast<const bf16*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(kp), rr));
+          const bf16* vr = reinterpret_cast<const bf16*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(vp), rr));
+          CpAsync16(kt + rr * S::kStride + cchunk * 16, rv ? kr + cchunk * 8 : p.q, rv ? 16 : 0);
+          CpAsync16(vt + rr * S::kStride + cchunk * 16, rv ? vr + cchunk * 8 : p.q, rv ? 16 : 0);
+        }
+      }
     }
   };
   const int my_tiles = warp < num_tiles ? (num_tiles - warp + kMmaWarps - 1) / kMmaWarps : 0;
@@ -673,10 +717,18 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
       const uint32_t a[4] = {qa[kk][0], 0u, qa[kk][1], 0u};
+      if constexpr (kRowLoads) {
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        const bf16* krow = reinterpret_cast<const bf16*>(kb + (nt * 8 + g) * S::kStride) + kk * 16 + 2 * t;
-        MmaBf16(s[nt], a, LoadU32(krow), LoadU32(krow + 8));
+        for (int nt = 0; nt < 2; ++nt) {
+          const bf16* krow = reinterpret_cast<const bf16*>(kb + (nt * 8 + g) * S::kStride) + kk * 16 + 2 * t;
+          MmaBf16(s[nt], a, LoadU32(krow), LoadU32(krow + 8));
+        }
+      } else {
+        // Matrices: keys 0-7 x dims 16kk + 0-7, + 8-15, keys 8-15 x the same: b0, b1 of n-tiles 0 and 1.
+        uint32_t b[4];
+        LdMatrixX4(b, kb + (((lane >> 4) & 1) * 8 + (lane & 7)) * S::kStride + (kk * 16 + ((lane >> 3) & 1) * 8) * 2);
+        MmaBf16(s[0], a, b[0], b[1]);
+        MmaBf16(s[1], a, b[2], b[3]);
       }
     }
     // Scale, mask, online softmax for row g (columns of this thread: keys nt * 8 + 2t + {0, 1}).
@@ -713,14 +765,27 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
     }
     // O += P V: A = P (row g: keys 2t, 2t + 1 of n-tile 0 in a0, of n-tile 1 in a2), B = V[keys][d columns].
     const uint32_t pa[4] = {PackBf16x2(s[0][0], s[0][1]), 0u, PackBf16x2(s[1][0], s[1][1]), 0u};
-    const bf16* vrow = reinterpret_cast<const bf16*>(vb + (2 * t) * S::kStride) + g;
-    constexpr int kVs = S::kStride / 2;  // row stride in elements
+    if constexpr (kRowLoads) {
+      const bf16* vrow = reinterpret_cast<const bf16*>(vb + (2 * t) * S::kStride) + g;
+      constexpr int kVs = S::kStride / 2;  // row stride in elements
 #pragma unroll
-    for (int nd = 0; nd < kD / 8; ++nd) {
-      const bf16* vc = vrow + nd * 8;
-      const uint32_t b0 = PackBf16x2(vc[0], vc[kVs]);
-      const uint32_t b1 = PackBf16x2(vc[8 * kVs], vc[9 * kVs]);
-      MmaBf16(o[nd], pa, b0, b1);
+      for (int nd = 0; nd < kD / 8; ++nd) {
+        const bf16* vc = vrow + nd * 8;
+        const uint32_t b0 = PackBf16x2(vc[0], vc[kVs]);
+        const uint32_t b1 = PackBf16x2(vc[8 * kVs], vc[9 * kVs]);
+        MmaBf16(o[nd], pa, b0, b1);
+      }
+    } else {
+      // Transposed matrices: keys 0-7 x dims 8nd + 0-7, keys 8-15 x the same, then dims 8(nd + 1) + 0-7: b0, b1
+      // of column tiles nd and nd + 1.
+      const unsigned char* vl = vb + (((lane >> 3) & 1) * 8 + (lane & 7)) * S::kStride + ((lane >> 4) & 1) * 16;
+#pragma unroll
+      for (int nd = 0; nd < kD / 8; nd += 2) {
+        uint32_t b[4];
+        LdMatrixX4Trans(b, vl + nd * 16);
+        MmaBf16(o[nd], pa, b[0], b[1]);
+        MmaBf16(o[nd + 1], pa, b[2], b[3]);
+      }
     }
   }
   CpAsyncWait<0>();
@@ -786,25 +851,32 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  // The slot's merge: per head max and normaliser over its items (warp w: heads w, w + 4), then weighted sums.
+  // The slot's merge. Warp w: heads w, w + 4: per lane an online (max, sum) over items lane, lane + 32, ... in one
+  // pass, then a warp reduction. Then the items' weights go to shared memory (up to kMergeMaxItems at a time) and
+  // each thread sums float4 groups of output columns over the items, 8 items' loads in flight.
   const int i0 = item.first_slot_item, n_items = item.num_slot_items;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int h = warp + 4 * i;
     if (h < heads) {
-      float mx = -INFINITY;
+      float mx = -INFINITY, tot = 0.0f;
       for (int it = lane; it < n_items; it += 32) {
-        mx = fmaxf(mx, __ldcg(&p.partial_ml[(static_cast<int64_t>(i0 + it) * p.group + h0 + h) * 2]));
-      }
-      mx = WarpMax(mx);
-      float tot = 0.0f;
-      if (mx != -INFINITY) {
-        for (int it = lane; it < n_items; it += 32) {
-          const int64_t pi = static_cast<int64_t>(i0 + it) * p.group + h0 + h;
-          tot += __ldcg(&p.partial_ml[pi * 2 + 1]) * exp2f(__ldcg(&p.partial_ml[pi * 2]) - mx);
+        const float2 ml = __ldcg(reinterpret_cast<const float2*>(p.partial_ml) + (static_cast<int64_t>(i0 + it) * p.group + h0 + h));
+        if (ml.x != -INFINITY) {
+          const float mn = fmaxf(mx, ml.x);
+          tot = tot * exp2f(mx - mn) + ml.y * exp2f(ml.x - mn);  // exp2f(-inf) = 0 on the first item
+          mx = mn;
         }
       }
-      tot = WarpSum(tot);
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) {
+        const float om = __shfl_xor_sync(0xffffffffu, mx, o), ot = __shfl_xor_sync(0xffffffffu, tot, o);
+        const float mn = fmaxf(mx, om);
+        if (mn != -INFINITY) {
+          tot = (mx == -INFINITY ? 0.0f : tot * exp2f(mx - mn)) + (om == -INFINITY ? 0.0f : ot * exp2f(om - mn));
+        }
+        mx = mn;
+      }
       if (lane == 0) {
         s_m[h] = mx;
         s_l[h] = tot;
@@ -813,11 +885,11 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
   }
   __syncthreads();
   float* s_w = reinterpret_cast<float*>(smem);  // [kG][kMergeMaxItems]
-  constexpr int kPer = (kG * kD + 32 * kMmaWarps - 1) / (32 * kMmaWarps);
-  float acc[kPer];
+  constexpr int kGroups = (kG * kD / 4 + 32 * kMmaWarps - 1) / (32 * kMmaWarps);  // float4 groups per thread
+  float4 acc[kGroups];
 #pragma unroll
-  for (int i = 0; i < kPer; ++i) acc[i] = 0.0f;
-  const int64_t step = static_cast<int64_t>(p.group) * kD;
+  for (int i = 0; i < kGroups; ++i) acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  const int64_t step = static_cast<int64_t>(p.group) * kD / 4;  // float4s from one item to the next
   for (int c0 = 0; c0 < n_items; c0 += kMergeMaxItems) {
     const int cn = min(kMergeMaxItems, n_items - c0);
     for (int idx = tid; idx < heads * cn; idx += blockDim.x) {
@@ -829,22 +901,52 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
     }
     __syncthreads();
 #pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int idx = tid + i * 32 * kMmaWarps;
-      if (idx < heads * kD) {
-        const int h = idx / kD, d = idx % kD;
+    for (int i = 0; i < kGroups; ++i) {
+      const int grp = tid + i * 32 * kMmaWarps;
+      if (grp < heads * kD / 4) {
+        const int h = grp / (kD / 4), d4 = grp % (kD / 4);
         const float* w = s_w + h * kMergeMaxItems;
-        const float* po = p.partial_o + (static_cast<int64_t>(i0 + c0) * p.group + h0 + h) * kD + d;
-#pragma unroll 4
-        for (int it = 0; it < cn; ++it) acc[i] = fmaf(w[it], __ldcg(po + it * step), acc[i]);
+        const float4* po = reinterpret_cast<const float4*>(p.partial_o) +
+                           (static_cast<int64_t>(i0 + c0) * p.group + h0 + h) * (kD / 4) + d4;
+        float4 a = acc[i];
+        int it = 0;
+        for (; it + 8 <= cn; it += 8) {
+          float4 v[8];
+#pragma unroll
+          for (int u = 0; u < 8; ++u) v[u] = __ldcg(po + (it + u) * step);
+#pragma unroll
+          for (int u = 0; u < 8; ++u) {
+            const float wu = w[it + u];
+            a.x = fmaf(wu, v[u].x, a.x);
+            a.y = fmaf(wu, v[u].y, a.y);
+            a.z = fmaf(wu, v[u].z, a.z);
+            a.w = fmaf(wu, v[u].w, a.w);
+          }
+        }
+        for (; it < cn; ++it) {
+          const float4 v = __ldcg(po + it * step);
+          const float wu = w[it];
+          a.x = fmaf(wu, v.x, a.x);
+          a.y = fmaf(wu, v.y, a.y);
+          a.z = fmaf(wu, v.z, a.z);
+          a.w = fmaf(wu, v.w, a.w);
+        }
+        acc[i] = a;
       }
     }
     __syncthreads();
   }
 #pragma unroll
-  for (int i = 0; i < kPer; ++i) {
-    const int idx = tid + i * 32 * kMmaWarps;
-    if (idx < heads * kD) p.out[out_base + (idx / kD) * kD + idx % kD] = ToBf16(acc[i]);
+  for (int i = 0; i < kGroups; ++i) {
+    const int grp = tid + i * 32 * kMmaWarps;
+    if (grp < heads * kD / 4) {
+      const int h = grp / (kD / 4), d = (grp % (kD / 4)) * 4;
+      bf16* o = p.out + out_base + h * kD + d;
+      o[0] = ToBf16(acc[i].x);
+      o[1] = ToBf16(acc[i].y);
+      o[2] = ToBf16(acc[i].z);
+      o[3] = ToBf16(acc[i].w);
+    }
   }
 }
 

@@ -76,6 +76,22 @@ __device__ __forceinline__ void CpAsyncWait() {
 
 __device__ __forceinline__ bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+// Programmatic dependent launch (sm_90; cuda/ops/launch.h). A kernel launched with the programmatic-serialization
+// attribute may start while the previous kernel of its stream is still running. GridDependencyWait() blocks until
+// that kernel has completed and its writes are visible; before it, a kernel may only read memory no earlier kernel
+// still writes (weights) and must write nothing. GridDependentsLaunch() lets the next such kernel start (its CTAs
+// then wait in their own GridDependencyWait). Both are no-ops for a kernel launched without the attribute.
+__device__ __forceinline__ void GridDependencyWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void GridDependentsLaunch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 template <int kWidth = 32>
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
@@ -162,6 +178,23 @@ __device__ __forceinline__ uint32_t PackBf16x2(bf16 lo, bf16 hi) {
 }
 
 __device__ __forceinline__ uint32_t LoadU32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// ldmatrix: four 8x8 bf16 matrices from shared memory; lane l gives the (16-byte aligned) address of row l % 8 of
+// matrix l / 8. Without .trans, r[i] = M_i[g][2t..2t+1] (g = lane / 4, t = lane % 4): the B fragment of MmaBf16
+// when M's rows are B's columns. With .trans, r[i] = {M_i[2t][g], M_i[2t+1][g]}: the B fragment when M's rows are
+// B's rows (k).
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* row) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* row) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
 
 }  // namespace kernels
 }  // namespace cuda

@@ -2,6 +2,7 @@
 //
 // Row-wise and element-wise kernels of the transformer layer: embedding gather, RMSNorm, split-QKV + RoPE,
 // SwiGLU, residual add. bf16 storage, fp32 arithmetic, one rounding per output. Launchers: cuda/ops/elementwise.h.
+// Each kernel starts with GridDependencyWait() (common.cuh), so it may be launched programmatically.
 #ifndef LIVEKV_CUDA_KERNELS_ELEMENTWISE_CUH_
 #define LIVEKV_CUDA_KERNELS_ELEMENTWISE_CUH_
 
@@ -23,6 +24,8 @@ struct EmbedView {
 // grid: n blocks; block: any multiple of 32.
 template <bool kVec>
 static __global__ void EmbedKernel(EmbedView v) {
+  GridDependencyWait();  // programmatic launch: inputs come from the previous kernel
+  GridDependentsLaunch();
   const int64_t row = blockIdx.x;
   const int32_t id = v.ids[row];
   const bool ok = id >= 0 && id < v.vocab;
@@ -51,6 +54,8 @@ struct RmsNormView {
 // grid: rows; block: multiple of 32 (<= 1024).
 template <bool kVec>
 static __global__ void RmsNormKernel(RmsNormView v) {
+  GridDependencyWait();  // programmatic launch: inputs come from the previous kernel
+  GridDependentsLaunch();
   __shared__ float scratch[32];
   const bf16* x = v.x + blockIdx.x * v.hidden;
   bf16* out = v.out + blockIdx.x * v.hidden;
@@ -103,6 +108,8 @@ struct QkvRopeView {
 
 // grid: n; block: multiple of 32. Dynamic shared memory: d floats (cos and sin of the row's angles).
 static __global__ void QkvRopeKernel(QkvRopeView v) {
+  GridDependencyWait();  // programmatic launch: inputs come from the previous kernel
+  GridDependentsLaunch();
   extern __shared__ float trig[];  // [d/2] cos, [d/2] sin
   const int64_t row = blockIdx.x;
   const int half = v.d / 2;
@@ -146,6 +153,8 @@ __device__ __forceinline__ float Silu(float g) { return g / (1.0f + __expf(-g));
 // grid: (ceil(inter / (block * per)), rows).
 template <bool kVec>
 static __global__ void SwiGluKernel(SwiGluView v) {
+  GridDependencyWait();  // programmatic launch: inputs come from the previous kernel
+  GridDependentsLaunch();
   const int64_t r = blockIdx.y;
   const bf16* g = v.gate_up + r * 2 * v.inter;
   const bf16* u = g + v.inter;
@@ -175,6 +184,8 @@ struct AddView {
 
 template <bool kVec>
 static __global__ void AddKernel(AddView v) {
+  GridDependencyWait();  // programmatic launch: inputs come from the previous kernel
+  GridDependentsLaunch();
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (kVec) {

@@ -88,6 +88,8 @@ static __global__ void PagesKernel(uint8_t* k, uint8_t* v, int64_t n, int32_t he
 template <bool kVec, bool kToHeadMajor>
 static __global__ void HeadMajorKernel(uint8_t* token_major, uint8_t* head_major, int64_t n, int32_t heads,
                                 int64_t capacity, int64_t row0, int64_t row_bytes) {
+  GridDependencyWait();  // may be launched programmatically (cuda/runtime/launch.h)
+  GridDependentsLaunch();
   const int64_t units = kVec ? row_bytes / 16 : row_bytes;
   const int64_t total = n * heads * units;
   for (int64_t x = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; x < total;

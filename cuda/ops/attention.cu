@@ -7,6 +7,7 @@
 #include "cuda/kernels/attention_decode.cuh"
 #include "cuda/kernels/attention_prefill.cuh"
 #include "cuda/runtime/cuda_status.h"
+#include "cuda/runtime/launch.h"
 
 namespace livekv {
 namespace cuda {
@@ -101,20 +102,20 @@ int PipelinedCtasPerSmS(int stages) {
   return PipelinedCtasPerSm<kD, kG, 0>();
 }
 
-template <int kD, int kSt>
+template <int kD, int kSt, bool kRowLoads = false>
 absl::Status SetMmaSmem() {
   constexpr size_t smem = kn::MmaDynamicSharedBytes<kD, kSt>();
-  static const cudaError_t attr = cudaFuncSetAttribute(kn::DecodeMmaKernel<kD, kSt>,
+  static const cudaError_t attr = cudaFuncSetAttribute(kn::DecodeMmaKernel<kD, kSt, kRowLoads>,
                                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   return CudaStatus(attr, "cudaFuncSetAttribute(DecodeMmaKernel)");
 }
 
-template <int kD, int kSt>
+template <int kD, int kSt, bool kRowLoads = false>
 absl::Status LaunchMma(const kn::DecodeParams& p, int32_t num_items, cudaStream_t stream) {
-  LIVEKV_RETURN_IF_ERROR((SetMmaSmem<kD, kSt>()));
+  LIVEKV_RETURN_IF_ERROR((SetMmaSmem<kD, kSt, kRowLoads>()));
   dim3 grid(static_cast<unsigned>(num_items), static_cast<unsigned>((p.group + 7) / 8));
-  kn::DecodeMmaKernel<kD, kSt><<<grid, 32 * kn::kMmaWarps, kn::MmaDynamicSharedBytes<kD, kSt>(), stream>>>(p);
-  return LaunchStatus("DecodeMmaKernel");
+  return LaunchKernel("DecodeMmaKernel", kn::DecodeMmaKernel<kD, kSt, kRowLoads>, grid, dim3(32 * kn::kMmaWarps),
+                      kn::MmaDynamicSharedBytes<kD, kSt>(), stream, p);
 }
 
 template <int kD>
@@ -182,7 +183,9 @@ int DecodeCtasPerSm(int32_t head_dim, int32_t group, int stages, DecodeKernel ke
   const int g = PipeGroup(group);
   auto pick = [&](auto d) -> int {
     constexpr int kD = decltype(d)::value;
-    if (kernel == DecodeKernel::kMma) return MmaCtasPerSmS<kD>(stages);
+    if (kernel == DecodeKernel::kMma || kernel == DecodeKernel::kMmaRowLoads) {
+      return MmaCtasPerSmS<kD>(kernel == DecodeKernel::kMmaRowLoads ? 3 : stages);
+    }
     if (kernel == DecodeKernel::kLegacy) return 2;
     switch (g) {
       case 1: return PipelinedCtasPerSmS<kD, 1>(stages);
@@ -238,6 +241,13 @@ absl::Status DecodeAttention(const DecodeAttentionArgs& a, const KvPlan& plan, c
   p.group = group;
   p.scale_log2 = a.scale * kn::kLog2e;
   p.window = a.sliding_window;
+  if (a.kernel == DecodeKernel::kMmaRowLoads) {
+    if (a.head_dim != 128 || (a.pipeline_stages != 0 && a.pipeline_stages != 3)) {
+      return absl::InvalidArgumentError(absl::StrCat("decode_attention: the row-loads kernel exists for head_dim 128 ",
+                                                     "with 3 stages; saw ", a.head_dim, ", ", a.pipeline_stages));
+    }
+    return LaunchMma<128, 3, true>(p, plan.num_items(), stream);
+  }
   if (a.kernel == DecodeKernel::kMma) {
     switch (a.head_dim) {
       case 32: return LaunchMmaD<32>(p, plan.num_items(), a.pipeline_stages, stream);

@@ -23,7 +23,11 @@
 namespace livekv {
 namespace cuda {
 
-enum class DecodeKernel { kMma, kPipelined, kLegacy };
+// kMma: tensor cores, row-contiguous 16-byte cp.async loads (the default). kMmaRowLoads: the same kernel with its
+// first load mapping (each lane copies 8 chunks of one row: half-used sectors), head_dim 128 and 3 stages only,
+// kept for comparison. kPipelined: CUDA cores, cp.async tiles shared by the CTA. kLegacy: the first kernel
+// (register-staged loads, a separate combine launch).
+enum class DecodeKernel { kMma, kPipelined, kLegacy, kMmaRowLoads };
 
 struct DecodeAttentionArgs {
   const __nv_bfloat16* q = nullptr;  // [num_seqs][num_q_heads][head_dim], post-RoPE
@@ -34,8 +38,8 @@ struct DecodeAttentionArgs {
   int32_t head_dim = 0;
   float scale = 1.0f;                // usually 1/sqrt(head_dim)
   int64_t sliding_window = 0;        // 0: none (then the plan's query positions are not read)
-  // Which kernel: tensor cores (the default), the CUDA-core pipelined one (cp.async tiles, combine fused into the
-  // same launch), or the first one (register-staged loads, a separate combine launch), kept for comparison.
+  // Which kernel (see DecodeKernel). The tensor-core kernel launches with programmatic dependent launch where the
+  // calling thread enabled it (cuda/runtime/launch.h).
   DecodeKernel kernel = DecodeKernel::kMma;
   // Shared-memory stages per warp (kMma) or per CTA (kPipelined): 2, 3 or 4 for head_dim 128; 0: the default, 3.
   int pipeline_stages = 0;

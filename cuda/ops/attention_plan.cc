@@ -97,8 +97,11 @@ absl::StatusOr<KvPlan> KvPlan::Create(absl::Span<const ContextKv* const> context
   if (runs.size() > static_cast<size_t>(INT32_MAX)) return absl::InvalidArgumentError("kv plan: too many runs");
 
   // Split-KV items.
-  const int64_t per_item = std::max<int64_t>(options.min_tokens_per_item,
-                                             (total_tokens + options.target_items - 1) / options.target_items);
+  int64_t per_item = std::max<int64_t>(options.min_tokens_per_item,
+                                       (total_tokens + options.target_items - 1) / options.target_items);
+  // Long items start on multiples of 16 tokens (the tensor-core kernel's key tile), so a tile never straddles a
+  // page of 16 or 32 tokens and its rows stay contiguous (one coalesced copy per tile).
+  if (per_item >= 256) per_item = (per_item + 15) / 16 * 16;
   std::vector<DecodeItem> items;
   std::vector<int32_t> slot_items(slots + 1, 0);
   for (int32_t slot = 0; slot < slots; ++slot) {

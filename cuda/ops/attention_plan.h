@@ -29,7 +29,8 @@ namespace cuda {
 
 struct KvPlanOptions {
   // Decode work items to aim for over all slots (about 2 per SM: 264 on an H100). More items split long
-  // contexts finer; a slot is never cut into pieces shorter than min_tokens_per_item (except its tail).
+  // contexts finer; a slot is never cut into pieces shorter than min_tokens_per_item (except its tail). Items of
+  // 256 tokens or more are rounded up to a multiple of 16 tokens.
   int32_t target_items = 264;
   int32_t min_tokens_per_item = 64;
   // Runs one item may span (<= kernels::kMaxRunsPerItem; they are staged in shared memory).

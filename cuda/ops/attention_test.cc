@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/thread_pool.h"
+#include "cuda/runtime/launch.h"
 #include "cuda/testing/test_util.h"
 #include "engine/backend.h"
 #include "engine/cpu/cpu_attention.h"
@@ -208,12 +209,15 @@ TEST_F(AttentionTest, DecodeMatchesCpuReference) {
     ASSERT_TRUE(InitDecodeWorkspace(ws.get(), ws.size(), stream()).ok());
     auto dq = DeviceArray<bf16>::FromHost(ToBf16(q_all));
     // The tensor-core kernel twice on the same workspace (its arrival counters must reset), the legacy one, the
-    // pipelined one, then stage variants (they exist for head_dim 128).
+    // pipelined one, then stage variants (they exist for head_dim 128), the row-loads variant of the tensor-core
+    // kernel (head_dim 128) and the tensor-core kernel with programmatic dependent launch.
     const DecodeKernel kernels[] = {DecodeKernel::kMma,       DecodeKernel::kMma, DecodeKernel::kLegacy,
                                     DecodeKernel::kPipelined, DecodeKernel::kMma, DecodeKernel::kMma,
-                                    DecodeKernel::kPipelined};
-    const int stages[] = {0, 0, 0, 0, 2, 4, 2};
-    for (int run = 0; run < 7; ++run) {
+                                    DecodeKernel::kPipelined, DecodeKernel::kMmaRowLoads, DecodeKernel::kMma};
+    const int stages[] = {0, 0, 0, 0, 2, 4, 2, 0, 0};
+    for (int run = 0; run < 9; ++run) {
+      if (kernels[run] == DecodeKernel::kMmaRowLoads && c.d != 128) continue;
+      ScopedPdl pdl(run == 8);
       DeviceArray<bf16> dout(q_all.size());
       DecodeAttentionArgs a;
       a.q = dq.get();

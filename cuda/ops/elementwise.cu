@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "cuda/kernels/elementwise.cuh"
 #include "cuda/runtime/cuda_status.h"
+#include "cuda/runtime/launch.h"
 
 namespace livekv {
 namespace cuda {
@@ -34,12 +35,8 @@ absl::Status EmbeddingGather(const int32_t* ids, int64_t n, const bf16* table, i
   LIVEKV_RETURN_IF_ERROR(Require(ids && table && out, "embedding_gather", "null pointer"));
   k::EmbedView v{ids, table, out, n, vocab, hidden};
   const int threads = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(32, (hidden / 8 + 31) / 32 * 32)));
-  if (Vec8(hidden, table, out)) {
-    k::EmbedKernel<true><<<static_cast<unsigned>(n), threads, 0, stream>>>(v);
-  } else {
-    k::EmbedKernel<false><<<static_cast<unsigned>(n), threads, 0, stream>>>(v);
-  }
-  return LaunchStatus("EmbedKernel");
+  return LaunchKernel("EmbedKernel", Vec8(hidden, table, out) ? k::EmbedKernel<true> : k::EmbedKernel<false>,
+                      dim3(static_cast<unsigned>(n)), dim3(threads), 0, stream, v);
 }
 
 absl::Status RmsNorm(const bf16* x, const bf16* weight, int64_t rows, int64_t hidden, float eps, bf16* out,
@@ -55,12 +52,8 @@ absl::Status RmsNorm(const bf16* x, const bf16* weight, int64_t rows, int64_t hi
   const bool vec = Vec8(hidden, x, weight, out);
   const int64_t per_thread_items = vec ? hidden / 8 : hidden;
   const int threads = static_cast<int>(std::clamp<int64_t>((per_thread_items + 31) / 32 * 32, 32, 512));
-  if (vec) {
-    k::RmsNormKernel<true><<<static_cast<unsigned>(rows), threads, 0, stream>>>(v);
-  } else {
-    k::RmsNormKernel<false><<<static_cast<unsigned>(rows), threads, 0, stream>>>(v);
-  }
-  return LaunchStatus("RmsNormKernel");
+  return LaunchKernel("RmsNormKernel", vec ? k::RmsNormKernel<true> : k::RmsNormKernel<false>,
+                      dim3(static_cast<unsigned>(rows)), dim3(threads), 0, stream, v);
 }
 
 absl::Status SplitQkvRope(const bf16* qkv, int64_t n, int32_t hq, int32_t hkv, int32_t head_dim,
@@ -79,8 +72,7 @@ absl::Status SplitQkvRope(const bf16* qkv, int64_t n, int32_t hq, int32_t hkv, i
   if (smem > 48 * 1024) {
     return absl::InvalidArgumentError(absl::StrCat("split_qkv_rope: head_dim ", head_dim, " too large"));
   }
-  k::QkvRopeKernel<<<static_cast<unsigned>(n), 256, smem, stream>>>(view);
-  return LaunchStatus("QkvRopeKernel");
+  return LaunchKernel("QkvRopeKernel", k::QkvRopeKernel, dim3(static_cast<unsigned>(n)), dim3(256), smem, stream, view);
 }
 
 absl::Status SwiGlu(const bf16* gate_up, int64_t rows, int64_t inter, bf16* out, cudaStream_t stream) {
@@ -99,12 +91,10 @@ absl::Status SwiGlu(const bf16* gate_up, int64_t rows, int64_t inter, bf16* out,
   // The up half starts at gate_up + inter: vectorise only when it is 16-byte aligned too.
   if (Vec8(inter, gate_up, gate_up + inter, out)) {
     dim3 grid(static_cast<unsigned>(k::CeilDiv(inter / 8, threads)), static_cast<unsigned>(rows));
-    k::SwiGluKernel<true><<<grid, threads, 0, stream>>>(v);
-  } else {
-    dim3 grid(static_cast<unsigned>(k::CeilDiv(inter, threads)), static_cast<unsigned>(rows));
-    k::SwiGluKernel<false><<<grid, threads, 0, stream>>>(v);
+    return LaunchKernel("SwiGluKernel", k::SwiGluKernel<true>, grid, dim3(threads), 0, stream, v);
   }
-  return LaunchStatus("SwiGluKernel");
+  dim3 grid(static_cast<unsigned>(k::CeilDiv(inter, threads)), static_cast<unsigned>(rows));
+  return LaunchKernel("SwiGluKernel", k::SwiGluKernel<false>, grid, dim3(threads), 0, stream, v);
 }
 
 absl::Status AddInPlace(bf16* x, const bf16* y, int64_t n, cudaStream_t stream) {
@@ -116,12 +106,8 @@ absl::Status AddInPlace(bf16* x, const bf16* y, int64_t n, cudaStream_t stream) 
   const int threads = 256;
   const int64_t items = vec ? n / 8 : n;
   const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>(k::CeilDiv(items, threads), 1, 4096));
-  if (vec) {
-    k::AddKernel<true><<<blocks, threads, 0, stream>>>(v);
-  } else {
-    k::AddKernel<false><<<blocks, threads, 0, stream>>>(v);
-  }
-  return LaunchStatus("AddKernel");
+  return LaunchKernel("AddKernel", vec ? k::AddKernel<true> : k::AddKernel<false>, dim3(blocks), dim3(threads), 0,
+                      stream, v);
 }
 
 }  // namespace cuda

@@ -6,6 +6,7 @@
 #include "cuda/kernels/elementwise.cuh"
 #include "cuda/kernels/gemv.cuh"
 #include "cuda/runtime/cuda_status.h"
+#include "cuda/runtime/launch.h"
 
 namespace livekv {
 namespace cuda {
@@ -104,37 +105,68 @@ absl::Status Gemm::Fallback(const LinearArgs& a, cudaStream_t stream) {
 
 namespace {
 
-template <int kRows, int kUnroll>
-absl::Status LaunchGemv(const kernels::GemvParams& p, bool f32, cudaStream_t stream) {
+template <int kRows, int kUnroll, bool kF32>
+absl::Status LaunchGemvT(const kernels::GemvParams& p, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(p.k) * 2;
   const unsigned grid = static_cast<unsigned>((p.m + (kernels::kGemvThreads / 32) * kRows - 1) /
                                               ((kernels::kGemvThreads / 32) * kRows));
-  if (f32) {
-    static const cudaError_t attr = cudaFuncSetAttribute(kernels::GemvKernel<kRows, kUnroll, true>,
-                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
-    LIVEKV_RETURN_IF_ERROR(CudaStatus(attr, "cudaFuncSetAttribute(GemvKernel)"));
-    kernels::GemvKernel<kRows, kUnroll, true><<<grid, kernels::kGemvThreads, smem, stream>>>(p);
-  } else {
-    static const cudaError_t attr = cudaFuncSetAttribute(kernels::GemvKernel<kRows, kUnroll, false>,
-                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
-    LIVEKV_RETURN_IF_ERROR(CudaStatus(attr, "cudaFuncSetAttribute(GemvKernel)"));
-    kernels::GemvKernel<kRows, kUnroll, false><<<grid, kernels::kGemvThreads, smem, stream>>>(p);
-  }
-  return LaunchStatus("GemvKernel");
+  static const cudaError_t attr = cudaFuncSetAttribute(kernels::GemvKernel<kRows, kUnroll, kF32>,
+                                                       cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+  LIVEKV_RETURN_IF_ERROR(CudaStatus(attr, "cudaFuncSetAttribute(GemvKernel)"));
+  return LaunchKernel("GemvKernel", kernels::GemvKernel<kRows, kUnroll, kF32>, dim3(grid), dim3(kernels::kGemvThreads),
+                      smem, stream, p);
+}
+
+template <int kRows, int kUnroll>
+absl::Status LaunchGemv(const kernels::GemvParams& p, bool f32, cudaStream_t stream) {
+  return f32 ? LaunchGemvT<kRows, kUnroll, true>(p, stream) : LaunchGemvT<kRows, kUnroll, false>(p, stream);
 }
 
 bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+absl::Status LaunchGemvFor(const kernels::GemvParams& p, bool f32, cudaStream_t stream) {
+  const int64_t m = p.m;
+  // Enough CTAs to cover the SMs (132 on an H100) a few times over: fewer rows per warp for small m.
+  const int64_t sms = 132;
+  if (m >= 8 * 4 * 2 * sms) return LaunchGemv<4, 2>(p, f32, stream);
+  if (m >= 8 * 2 * 2 * sms) return LaunchGemv<2, 4>(p, f32, stream);
+  return LaunchGemv<1, 4>(p, f32, stream);
+}
+
 }  // namespace
+
+bool Gemm::UsesGemv(const LinearArgs& a) const {
+  return a.n == 1 && use_gemv_ && a.k > 0 && a.m > 0 && a.k % 8 == 0 && a.k <= 32768 && a.m <= INT32_MAX &&
+         a.x != nullptr && a.w != nullptr && Aligned16(a.x) && Aligned16(a.w);
+}
+
+absl::Status Gemm::FusedGemv(const LinearArgs& a, const GemvFusion& f, cudaStream_t stream) {
+  if (!UsesGemv(a)) {
+    return absl::InvalidArgumentError(absl::StrCat("fused gemv: the product (n ", a.n, ", k ", a.k, ", m ", a.m,
+                                                   ") does not run the GEMV kernel"));
+  }
+  const bool f32 = a.output == GemmOutput::kF32;
+  if (f.residual != nullptr && f32) return absl::InvalidArgumentError("fused gemv: a residual needs a bf16 output");
+  if (a.out == nullptr && f.residual == nullptr) return absl::InvalidArgumentError("fused gemv: no output");
+  if ((f.x_out != nullptr && !Aligned16(f.x_out)) ||
+      (f.prologue == GemvFusion::Prologue::kRmsNorm && (f.norm_weight == nullptr || !Aligned16(f.norm_weight)))) {
+    return absl::InvalidArgumentError("fused gemv: x_out and the norm weight must be 16-byte aligned");
+  }
+  ++gemv_calls_;
+  kernels::GemvParams p{a.w, a.x, a.bias, a.out, static_cast<int32_t>(a.m), static_cast<int32_t>(a.k)};
+  p.prologue = f.prologue == GemvFusion::Prologue::kRmsNorm  ? kernels::kGemvRmsNorm
+               : f.prologue == GemvFusion::Prologue::kSwiGlu ? kernels::kGemvSwiGlu
+                                                             : kernels::kGemvPlain;
+  p.norm_weight = f.norm_weight;
+  p.eps = f.eps;
+  p.x_out = f.x_out;
+  p.residual = f.residual;
+  return LaunchGemvFor(p, f32, stream);
+}
 
 absl::Status Gemm::Gemv(const LinearArgs& a, cudaStream_t stream) {
   kernels::GemvParams p{a.w, a.x, a.bias, a.out, static_cast<int32_t>(a.m), static_cast<int32_t>(a.k)};
-  const bool f32 = a.output == GemmOutput::kF32;
-  // Enough CTAs to cover the SMs (132 on an H100) a few times over: fewer rows per warp for small m.
-  const int64_t sms = 132;
-  if (a.m >= 8 * 4 * 2 * sms) return LaunchGemv<4, 2>(p, f32, stream);
-  if (a.m >= 8 * 2 * 2 * sms) return LaunchGemv<2, 4>(p, f32, stream);
-  return LaunchGemv<1, 4>(p, f32, stream);
+  return LaunchGemvFor(p, a.output == GemmOutput::kF32, stream);
 }
 
 absl::Status Gemm::Linear(const LinearArgs& a, cudaStream_t stream) {

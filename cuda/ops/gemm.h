@@ -45,6 +45,20 @@ struct LinearArgs {
   GemmOutput output = GemmOutput::kBf16;
 };
 
+// The decode step's fusions around a single-row product (the GEMV kernel, cuda/kernels/gemv.cuh), each replacing
+// a separate small kernel: the product's x computed on the fly from the previous op's input, and the residual add.
+struct GemvFusion {
+  enum class Prologue { kNone, kRmsNorm, kSwiGlu };
+  // kRmsNorm: x' = norm_weight * bf16(x / sqrt(mean(x^2) + eps)) (cuda::RmsNorm's formula, x [k]);
+  // kSwiGlu:  x' = bf16(silu(x[0, k)) * x[k, 2k)) (cuda::SwiGlu's formula, x = gate_up [2k]).
+  Prologue prologue = Prologue::kNone;
+  const __nv_bfloat16* norm_weight = nullptr;  // [k]
+  float eps = 0.0f;
+  __nv_bfloat16* x_out = nullptr;     // [k] or null: receives x' (what the unfused op writes); must not alias x
+  __nv_bfloat16* residual = nullptr;  // [m] or null: residual = bf16(residual + bf16(y)) (cuda::AddInPlace's
+                                      // formula), bf16 output only; out (may then be null) still receives y
+};
+
 class Gemm {
  public:
   // `blas` is borrowed and must outlive this object; its workspace is used by every call.
@@ -62,6 +76,12 @@ class Gemm {
   // cuda/kernels/gemv.cuh instead of cuBLASLt (fp32 accumulation, bias added in fp32, one rounding). Benchmarks
   // switch it off to compare.
   void set_use_gemv(bool on) { use_gemv_ = on; }
+  // Whether Linear(args) runs the GEMV kernel.
+  bool UsesGemv(const LinearArgs& args) const;
+  // The product with fusions. INVALID_ARGUMENT unless UsesGemv(args) (k is the product's width; with kSwiGlu, x
+  // holds 2k values), for a residual with fp32 output, or for misaligned fusion operands. The GEMV kernels launch
+  // with programmatic dependent launch where the calling thread enabled it (cuda/runtime/launch.h).
+  absl::Status FusedGemv(const LinearArgs& args, const GemvFusion& fusion, cudaStream_t stream);
   int64_t gemv_calls() const { return gemv_calls_; }
 
  private:

@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda/runtime/launch.h"
 #include "cuda/testing/test_util.h"
 
 namespace livekv {
@@ -82,6 +83,138 @@ TEST_F(GemmTest, LinearMatchesReference) {
   EXPECT_EQ(gemm.Linear(bad, stream()).code(), absl::StatusCode::kInvalidArgument);
   LinearArgs empty{nullptr, 0, 8, nullptr, 4, nullptr, nullptr, GemmOutput::kBf16};
   EXPECT_TRUE(gemm.Linear(empty, stream()).ok());
+}
+
+// The decode step's fused GEMV (RMSNorm / SwiGLU prologue, x_out, residual epilogue), launched with programmatic
+// dependent launch right after a GEMV that writes its input (so GridDependencyWait must order them). The prologue's
+// x' is checked against the CPU formula (1 bf16 ulp: the norm's fp32 sum order differs), the product against an
+// fp64 reference over the x' the GPU stored, and the residual bit-exactly against bf16(r + bf16(y)).
+TEST_F(GemmTest, FusedGemvMatchesReference) {
+  auto blas = BlasHandle::Create();
+  ASSERT_TRUE(blas.ok()) << blas.status();
+  Gemm gemm(&*blas);
+  std::mt19937 rng(12);
+  struct Case {
+    int64_t k, m;
+    GemvFusion::Prologue prologue;
+    bool with_out, with_residual, with_x_out, with_bias;
+  };
+  using P = GemvFusion::Prologue;
+  const Case cases[] = {
+      {64, 128, P::kRmsNorm, true, false, true, false},  {104, 9, P::kRmsNorm, true, true, true, true},
+      {4096, 6151, P::kRmsNorm, true, false, true, false}, {896, 4864, P::kSwiGlu, true, true, true, false},
+      {14336, 37, P::kSwiGlu, false, true, false, false}, {4096, 4099, P::kNone, false, true, false, false},
+      {72, 8503, P::kSwiGlu, true, false, true, true},     {4096, 28672, P::kRmsNorm, true, false, false, false},
+      {1024, 16897, P::kNone, true, true, false, true},
+  };
+  ScopedPdl pdl(true);
+  for (const Case& c : cases) {
+    const std::string what = "fused gemv k " + std::to_string(c.k) + " m " + std::to_string(c.m) + " prologue " +
+                             std::to_string(static_cast<int>(c.prologue)) + (c.with_residual ? " residual" : "");
+    const int64_t kin = c.prologue == P::kSwiGlu ? 2 * c.k : c.k;  // the raw input's width
+    // Stage 0: raw = W0 · x0 (a GEMV of its own, so the fused kernel's input is written by its predecessor).
+    std::vector<float> x0 = RoundBf16(RandomFloats(64, &rng));
+    std::vector<float> w0 = RoundBf16(RandomFloats(kin * 64, &rng, -0.5f, 0.5f));
+    std::vector<float> w = RoundBf16(RandomFloats(c.m * c.k, &rng, -0.5f, 0.5f));
+    std::vector<float> nw = RoundBf16(RandomFloats(c.k, &rng, 0.5f, 1.5f));
+    std::vector<float> bias = RoundBf16(RandomFloats(c.m, &rng));
+    std::vector<float> res = RoundBf16(RandomFloats(c.m, &rng, -4.0f, 4.0f));
+    auto dx0 = DeviceArray<bf16>::FromHost(ToBf16(x0));
+    auto dw0 = DeviceArray<bf16>::FromHost(ToBf16(w0));
+    auto dw = DeviceArray<bf16>::FromHost(ToBf16(w));
+    auto dnw = DeviceArray<bf16>::FromHost(ToBf16(nw));
+    auto db = DeviceArray<bf16>::FromHost(ToBf16(bias));
+    auto dres = DeviceArray<bf16>::FromHost(ToBf16(res));
+    DeviceArray<bf16> raw(kin), xo(c.k), out(c.m);
+    Sync();
+    ASSERT_TRUE(gemm.Linear({dx0.get(), 1, 64, dw0.get(), kin, nullptr, raw.get(), GemmOutput::kBf16}, stream()).ok());
+    LinearArgs a{raw.get(), 1, c.k, dw.get(), c.m, c.with_bias ? db.get() : nullptr,
+                 c.with_out ? out.get() : nullptr, GemmOutput::kBf16};
+    GemvFusion f;
+    f.prologue = c.prologue;
+    f.norm_weight = dnw.get();
+    f.eps = 1e-5f;
+    f.x_out = c.with_x_out ? xo.get() : nullptr;
+    f.residual = c.with_residual ? dres.get() : nullptr;
+    ASSERT_TRUE(gemm.FusedGemv(a, f, stream()).ok()) << what;
+    Sync();
+    const std::vector<float> raw_h = ToFloat(raw.ToHost());
+    // x' on the CPU.
+    std::vector<float> xp(c.k);
+    if (c.prologue == P::kRmsNorm) {
+      double ss = 0;
+      for (int64_t i = 0; i < c.k; ++i) ss += double(raw_h[i]) * raw_h[i];
+      const float inv = static_cast<float>(1.0 / std::sqrt(ss / c.k + 1e-5));
+      for (int64_t i = 0; i < c.k; ++i) xp[i] = RoundBf16({nw[i] * RoundBf16({raw_h[i] * inv})[0]})[0];
+    } else if (c.prologue == P::kSwiGlu) {
+      for (int64_t i = 0; i < c.k; ++i) {
+        const float g = raw_h[i];
+        xp[i] = RoundBf16({g / (1.0f + std::exp(-g)) * raw_h[c.k + i]})[0];
+      }
+    } else {
+      xp.assign(raw_h.begin(), raw_h.begin() + c.k);
+    }
+    std::vector<float> x_used = xp;
+    if (c.with_x_out) {
+      const std::vector<float> got = ToFloat(xo.ToHost());
+      // Up to two bf16 ulps (2^-7 relative each): the inner rounding may flip with the fp32 sum order (or __expf),
+      // and the outer one with it.
+      ExpectClose(got, xp, 1e-6f, 4 * kBf16Eps, what + " x_out");
+      x_used = got;
+    }
+    std::vector<float> ref(c.m), tol(c.m);
+    for (int64_t j = 0; j < c.m; ++j) {
+      double s = 0, sabs = 0;
+      for (int64_t t = 0; t < c.k; ++t) {
+        s += double(x_used[t]) * w[j * c.k + t];
+        sabs += std::fabs(double(x_used[t]) * w[j * c.k + t]);
+      }
+      if (c.with_bias) s += bias[j], sabs += std::fabs(bias[j]);
+      ref[j] = static_cast<float>(s);
+      // Without x_out the CPU's x' may differ from the kernel's by two ulps per element: 2^-6 of the absolute sum.
+      tol[j] = (c.with_x_out || c.prologue == P::kNone ? 1e-4f : 4 * kBf16Eps) * static_cast<float>(sabs) +
+               2 * kBf16Eps * std::fabs(ref[j]);
+    }
+    std::vector<float> y = ref;
+    if (c.with_out) {
+      y = ToFloat(out.ToHost());
+      ExpectClose(y, ref, tol, 0.0f, what + " out");
+    }
+    if (c.with_residual) {
+      const std::vector<float> got = ToFloat(dres.ToHost());
+      if (c.with_out) {
+        // Bit-exact against bf16(res + y) from the stored y.
+        std::vector<float> want(c.m);
+        for (int64_t j = 0; j < c.m; ++j) want[j] = RoundBf16({res[j] + y[j]})[0];
+        ExpectClose(got, want, 0.0f, 0.0f, what + " residual");
+      } else {
+        std::vector<float> want(c.m), rtol(c.m);
+        for (int64_t j = 0; j < c.m; ++j) {
+          want[j] = res[j] + ref[j];
+          rtol[j] = tol[j] + kBf16Eps * (std::fabs(want[j]) + std::fabs(ref[j]));
+        }
+        ExpectClose(got, want, rtol, 0.0f, what + " residual");
+      }
+    }
+  }
+  // Rejected: more than one row, a residual with fp32 output, no output at all, a misaligned x_out.
+  DeviceArray<bf16> x(64), wt(64 * 8), o(16);
+  DeviceArray<float> o32(8);
+  GemvFusion none;
+  EXPECT_EQ(gemm.FusedGemv({x.get(), 2, 64, wt.get(), 8, nullptr, o.get(), GemmOutput::kBf16}, none, stream()).code(),
+            absl::StatusCode::kInvalidArgument);
+  GemvFusion with_res;
+  with_res.residual = o.get();
+  EXPECT_EQ(gemm.FusedGemv({x.get(), 1, 64, wt.get(), 8, nullptr, o32.get(), GemmOutput::kF32}, with_res, stream())
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gemm.FusedGemv({x.get(), 1, 64, wt.get(), 8, nullptr, nullptr, GemmOutput::kBf16}, none, stream()).code(),
+            absl::StatusCode::kInvalidArgument);
+  GemvFusion mis;
+  mis.prologue = GemvFusion::Prologue::kSwiGlu;
+  mis.x_out = o.get() + 1;
+  EXPECT_EQ(gemm.FusedGemv({x.get(), 1, 32, wt.get(), 8, nullptr, o.get(), GemmOutput::kBf16}, mis, stream()).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

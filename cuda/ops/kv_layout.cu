@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "cuda/kernels/kv_layout.cuh"
 #include "cuda/runtime/cuda_status.h"
+#include "cuda/runtime/launch.h"
 
 namespace livekv {
 namespace cuda {
@@ -80,14 +81,10 @@ absl::Status HeadMajorImpl(bool to_head_major, void* token_major, void* head_maj
   auto* hm = static_cast<uint8_t*>(head_major);
   const bool vec = row_bytes % 16 == 0 && Al16(tm) && Al16(hm);
   const int64_t work = n * heads * (vec ? row_bytes / 16 : row_bytes);
-  if (to_head_major) {
-    if (vec) kn::HeadMajorKernel<true, true><<<Blocks(work), 256, 0, stream>>>(tm, hm, n, heads, capacity, row0, row_bytes);
-    else kn::HeadMajorKernel<false, true><<<Blocks(work), 256, 0, stream>>>(tm, hm, n, heads, capacity, row0, row_bytes);
-  } else {
-    if (vec) kn::HeadMajorKernel<true, false><<<Blocks(work), 256, 0, stream>>>(tm, hm, n, heads, capacity, row0, row_bytes);
-    else kn::HeadMajorKernel<false, false><<<Blocks(work), 256, 0, stream>>>(tm, hm, n, heads, capacity, row0, row_bytes);
-  }
-  return LaunchStatus("HeadMajorKernel");
+  auto* kernel = to_head_major ? (vec ? kn::HeadMajorKernel<true, true> : kn::HeadMajorKernel<false, true>)
+                               : (vec ? kn::HeadMajorKernel<true, false> : kn::HeadMajorKernel<false, false>);
+  return LaunchKernel("HeadMajorKernel", kernel, dim3(Blocks(work)), dim3(256), 0, stream, tm, hm, n, heads, capacity,
+                      row0, row_bytes);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "cuda/ops/elementwise.h"
 #include "cuda/ops/kv_layout.h"
 #include "cuda/runtime/cuda_status.h"
+#include "cuda/runtime/launch.h"
 
 namespace livekv {
 namespace {
@@ -67,7 +68,54 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const CudaBacke
   return b;
 }
 
-CudaBackend::~CudaBackend() { (void)stream_.Synchronize(); }
+CudaBackend::~CudaBackend() {
+  (void)Flush();
+  (void)stream_.Synchronize();
+}
+
+cudaStream_t CudaBackend::stream() const {
+  LaunchPending();  // an error stays in deferred_error_ for the next operation
+  return stream_.get();
+}
+
+void CudaBackend::set_fuse_decode_ops(bool on) {
+  (void)Flush();
+  options_.fuse_decode_ops = on;
+}
+
+void CudaBackend::LaunchPending() const {
+  if (pending_.kind != PendingKind::kNone) {
+    const Pending op = pending_;
+    pending_ = Pending();
+    cuda::ScopedPdl pdl(options_.programmatic_launch);
+    absl::Status st;
+    const cudaStream_t s = stream_.get();
+    switch (op.kind) {
+      case PendingKind::kNorm:
+        st = cuda::RmsNorm(op.x, op.weight, 1, op.k, op.eps, op.out, s);
+        break;
+      case PendingKind::kSwiGlu:
+        st = cuda::SwiGlu(op.x, 1, op.k, op.out, s);
+        break;
+      case PendingKind::kLinear:
+        if (op.fusion.prologue != cuda::GemvFusion::Prologue::kNone || op.fusion.residual != nullptr) {
+          ++fused_gemv_calls_;
+        }
+        st = gemm_->FusedGemv(op.linear, op.fusion, s);
+        break;
+      case PendingKind::kNone:
+        break;
+    }
+    if (!st.ok() && deferred_error_.ok()) deferred_error_ = st;
+  }
+}
+
+absl::Status CudaBackend::Flush() const {
+  LaunchPending();
+  absl::Status err = deferred_error_;
+  deferred_error_ = absl::OkStatus();
+  return err;
+}
 
 cuda::KvPlanOptions CudaBackend::decode_plan_options(int32_t head_dim, int32_t group) const {
   cuda::KvPlanOptions o;
@@ -102,11 +150,16 @@ absl::StatusOr<Tensor> CudaBackend::Allocate(DType dtype, const Shape& shape) {
   v.shape = shape;
   const size_t bytes = std::max<size_t>(v.nbytes(), 256);
   LIVEKV_ASSIGN_OR_RETURN(v.data, allocator_.Allocate(bytes));
-  cuda::CudaDeviceAllocator* alloc = &allocator_;
-  return Tensor(v, [alloc, bytes](void* p) { alloc->Free(p, bytes); });
+  // Work held back for fusion may still read or write this memory: launch it before the memory goes.
+  return Tensor(v, [this, bytes](void* p) {
+    LaunchPending();
+    allocator_.Free(p, bytes);
+  });
 }
 
 absl::Status CudaBackend::CopyFromHost(const void* src, DType src_dtype, TensorView dst) {
+  LIVEKV_RETURN_IF_ERROR(Flush());
+  cuda::ScopedPdl pdl(options_.programmatic_launch);
   if (src_dtype != dst.dtype && !(IsFloat(src_dtype) && IsFloat(dst.dtype))) {
     return absl::InvalidArgumentError(absl::StrCat("copy from host: cannot convert ", DTypeName(src_dtype), " to ",
                                                    DTypeName(dst.dtype)));
@@ -119,40 +172,49 @@ absl::Status CudaBackend::CopyFromHost(const void* src, DType src_dtype, TensorV
     ConvertHost(src, src_dtype, dst.dtype, n, host_scratch_.data());
     from = host_scratch_.data();
   }
-  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst.data, from, dst.nbytes(), cudaMemcpyHostToDevice, stream()));
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst.data, from, dst.nbytes(), cudaMemcpyHostToDevice, stream_.get()));
   return stream_.Synchronize();  // the source (caller's or scratch) must outlive the copy
 }
 
 absl::Status CudaBackend::CopyToHost(TensorView src, float* dst) {
+  LIVEKV_RETURN_IF_ERROR(Flush());
+  cuda::ScopedPdl pdl(options_.programmatic_launch);
   if (!IsFloat(src.dtype)) {
     return absl::InvalidArgumentError(absl::StrCat("copy to host: ", DTypeName(src.dtype), " is not a float type"));
   }
   const size_t n = static_cast<size_t>(src.numel());
   if (src.dtype == DType::kF32) {
-    LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src.data, n * 4, cudaMemcpyDeviceToHost, stream()));
+    LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src.data, n * 4, cudaMemcpyDeviceToHost, stream_.get()));
     return stream_.Synchronize();
   }
   host_scratch_.resize(src.nbytes());
   LIVEKV_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(host_scratch_.data(), src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream()));
+      cudaMemcpyAsync(host_scratch_.data(), src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream_.get()));
   LIVEKV_RETURN_IF_ERROR(stream_.Synchronize());
   ConvertToF32(host_scratch_.data(), src.dtype, n, dst);
   return absl::OkStatus();
 }
 
 absl::Status CudaBackend::Copy(TensorView src, TensorView dst) {
+  LIVEKV_RETURN_IF_ERROR(Flush());
+  cuda::ScopedPdl pdl(options_.programmatic_launch);
   if (src.dtype != dst.dtype || src.numel() != dst.numel()) {
     return absl::InvalidArgumentError(absl::StrCat("copy: ", DTypeName(src.dtype), ShapeToString(src.shape), " to ",
                                                    DTypeName(dst.dtype), ShapeToString(dst.shape)));
   }
   if (src.nbytes() == 0) return absl::OkStatus();
-  return cuda::CudaStatus(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, stream()),
+  return cuda::CudaStatus(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, stream_.get()),
                           "copy");
 }
 
-absl::Status CudaBackend::Synchronize() { return stream_.Synchronize(); }
+absl::Status CudaBackend::Synchronize() {
+  LIVEKV_RETURN_IF_ERROR(Flush());
+  return stream_.Synchronize();
+}
 
 absl::Status CudaBackend::Embed(absl::Span<const int32_t> ids, TensorView table, TensorView out) {
+  LIVEKV_RETURN_IF_ERROR(Flush());
+  cuda::ScopedPdl pdl(options_.programmatic_launch);
   LIVEKV_RETURN_IF_ERROR(RequireBf16("embed", {&table, &out}));
   if (table.rank() != 2) return ShapeError("embed", "table", table.shape, "[vocab, hidden]");
   const int64_t vocab = table.dim(0), hidden = table.dim(1);
@@ -166,9 +228,9 @@ absl::Status CudaBackend::Embed(absl::Span<const int32_t> ids, TensorView table,
     }
   }
   if (ids.empty()) return absl::OkStatus();
-  LIVEKV_ASSIGN_OR_RETURN(void* dev_ids, ring_->Upload(ids.data(), ids.size() * sizeof(int32_t), stream()));
+  LIVEKV_ASSIGN_OR_RETURN(void* dev_ids, ring_->Upload(ids.data(), ids.size() * sizeof(int32_t), stream_.get()));
   return cuda::EmbeddingGather(static_cast<const int32_t*>(dev_ids), static_cast<int64_t>(ids.size()),
-                               table.as<bf16>(), vocab, hidden, out.as<bf16>(), stream());
+                               table.as<bf16>(), vocab, hidden, out.as<bf16>(), stream_.get());
 }
 
 absl::Status CudaBackend::RmsNorm(TensorView x, TensorView weight, float eps, TensorView out) {
@@ -176,7 +238,19 @@ absl::Status CudaBackend::RmsNorm(TensorView x, TensorView weight, float eps, Te
   if (x.rank() != 2 || out.shape != x.shape || weight.shape != Shape{x.dim(1)}) {
     return ShapeError("rms_norm", "x/weight/out", x.shape, "x [n, hidden], weight [hidden], out like x");
   }
-  return cuda::RmsNorm(x.as<bf16>(), weight.as<bf16>(), x.dim(0), x.dim(1), eps, out.as<bf16>(), stream());
+  LIVEKV_RETURN_IF_ERROR(Flush());
+  if (options_.fuse_decode_ops && x.dim(0) == 1 && x.data != out.data && x.dim(1) % 8 == 0) {
+    // Held back: the GEMV that reads `out` next computes it in its prologue.
+    pending_.kind = PendingKind::kNorm;
+    pending_.x = x.as<bf16>();
+    pending_.weight = weight.as<bf16>();
+    pending_.eps = eps;
+    pending_.out = out.as<bf16>();
+    pending_.k = x.dim(1);
+    return absl::OkStatus();
+  }
+  cuda::ScopedPdl pdl(options_.programmatic_launch);
+  return cuda::RmsNorm(x.as<bf16>(), weight.as<bf16>(), x.dim(0), x.dim(1), eps, out.as<bf16>(), stream_.get());
 }
 
 absl::Status CudaBackend::Linear(TensorView x, TensorView w, const TensorView* bias, TensorView out) {
@@ -193,7 +267,7 @@ absl::Status CudaBackend::Linear(TensorView x, TensorView w, const TensorView* b
     LIVEKV_RETURN_IF_ERROR(RequireBf16("linear bias", {bias}));
     if (bias->shape != Shape{m}) return ShapeError("linear", "bias", bias->shape, absl::StrCat("[", m, "]"));
   }
-  if (n == 0) return absl::OkStatus();
+  if (n == 0) return Flush();
   cuda::LinearArgs a;
   a.x = x.as<bf16>();
   a.n = n;
@@ -203,7 +277,40 @@ absl::Status CudaBackend::Linear(TensorView x, TensorView w, const TensorView* b
   a.bias = bias != nullptr ? bias->as<bf16>() : nullptr;
   a.out = out.data;
   a.output = out.dtype == DType::kF32 ? cuda::GemmOutput::kF32 : cuda::GemmOutput::kBf16;
-  return gemm_->Linear(a, stream());
+  if (options_.fuse_decode_ops && gemm_->UsesGemv(a)) {
+    // Take over a pending norm / SwiGLU whose output is this product's input (it becomes the prologue), then hold
+    // the product back for a residual add of its output.
+    cuda::GemvFusion f;
+    cuda::LinearArgs fa = a;
+    const Pending& pd = pending_;
+    const bool reads_pending = pd.out == a.x && pd.k == in;
+    const bool clobbers = a.out == static_cast<const void*>(pd.x) || a.out == static_cast<void*>(pd.out);
+    if (reads_pending && !clobbers && pd.kind == PendingKind::kNorm) {
+      f.prologue = cuda::GemvFusion::Prologue::kRmsNorm;
+      f.norm_weight = pd.weight;
+      f.eps = pd.eps;
+      f.x_out = pd.out;
+      fa.x = pd.x;
+    } else if (reads_pending && !clobbers && pd.kind == PendingKind::kSwiGlu) {
+      f.prologue = cuda::GemvFusion::Prologue::kSwiGlu;
+      f.x_out = pd.out;
+      fa.x = pd.x;
+    }
+    if (f.prologue != cuda::GemvFusion::Prologue::kNone && gemm_->UsesGemv(fa)) {
+      pending_ = Pending();
+    } else {
+      f = cuda::GemvFusion();
+      fa = a;
+      LIVEKV_RETURN_IF_ERROR(Flush());
+    }
+    pending_.kind = PendingKind::kLinear;
+    pending_.linear = fa;
+    pending_.fusion = f;
+    return absl::OkStatus();
+  }
+  LIVEKV_RETURN_IF_ERROR(Flush());
+  cuda::ScopedPdl pdl(options_.programmatic_launch);
+  return gemm_->Linear(a, stream_.get());
 }
 
 absl::StatusOr<const float*> CudaBackend::InvFreq(const RopeTable& rope) {
@@ -232,10 +339,12 @@ absl::Status CudaBackend::SplitQkvRope(TensorView qkv, int64_t pos0, const RopeT
                       absl::StrCat("[n, (Hq + 2 Hkv) * D] matching q ", ShapeToString(q.shape), " and k ",
                                    ShapeToString(k.shape), ", D = rope head_dim ", rope.head_dim));
   }
+  LIVEKV_RETURN_IF_ERROR(Flush());
+  cuda::ScopedPdl pdl(options_.programmatic_launch);
   LIVEKV_ASSIGN_OR_RETURN(const float* inv_freq, InvFreq(rope));
   return cuda::SplitQkvRope(qkv.as<bf16>(), qkv.dim(0), static_cast<int32_t>(q.dim(1)), static_cast<int32_t>(k.dim(1)),
                             static_cast<int32_t>(q.dim(2)), inv_freq, nullptr, pos0, q.as<bf16>(), k.as<bf16>(),
-                            v.as<bf16>(), stream());
+                            v.as<bf16>(), stream_.get());
 }
 
 absl::Status CudaBackend::SwiGlu(TensorView gate_up, TensorView out) {
@@ -243,13 +352,34 @@ absl::Status CudaBackend::SwiGlu(TensorView gate_up, TensorView out) {
   if (gate_up.rank() != 2 || out.rank() != 2 || gate_up.dim(0) != out.dim(0) || gate_up.dim(1) != 2 * out.dim(1)) {
     return ShapeError("swiglu", "gate_up", gate_up.shape, absl::StrCat("[n, 2 * I] for out ", ShapeToString(out.shape)));
   }
-  return cuda::SwiGlu(gate_up.as<bf16>(), out.dim(0), out.dim(1), out.as<bf16>(), stream());
+  LIVEKV_RETURN_IF_ERROR(Flush());
+  const int64_t inter = out.dim(1);
+  if (options_.fuse_decode_ops && out.dim(0) == 1 && inter % 8 == 0 && gate_up.data != out.data) {
+    // Held back: the GEMV that reads `out` next computes it in its prologue.
+    pending_.kind = PendingKind::kSwiGlu;
+    pending_.x = gate_up.as<bf16>();
+    pending_.out = out.as<bf16>();
+    pending_.k = inter;
+    return absl::OkStatus();
+  }
+  cuda::ScopedPdl pdl(options_.programmatic_launch);
+  return cuda::SwiGlu(gate_up.as<bf16>(), out.dim(0), inter, out.as<bf16>(), stream_.get());
 }
 
 absl::Status CudaBackend::AddInPlace(TensorView x, TensorView y) {
   LIVEKV_RETURN_IF_ERROR(RequireBf16("add", {&x, &y}));
   if (x.shape != y.shape) return ShapeError("add", "y", y.shape, ShapeToString(x.shape));
-  return cuda::AddInPlace(x.as<bf16>(), y.as<bf16>(), x.numel(), stream());
+  const Pending& pd = pending_;
+  if (pd.kind == PendingKind::kLinear && pd.linear.output == cuda::GemmOutput::kBf16 && pd.linear.out == y.data &&
+      pd.linear.m == y.numel() && x.data != y.data && x.data != static_cast<const void*>(pd.linear.x) &&
+      x.data != static_cast<void*>(pd.fusion.x_out)) {
+    // The pending product's output is the addend: add it in the GEMV's epilogue.
+    pending_.fusion.residual = x.as<bf16>();
+    return Flush();
+  }
+  LIVEKV_RETURN_IF_ERROR(Flush());
+  cuda::ScopedPdl pdl(options_.programmatic_launch);
+  return cuda::AddInPlace(x.as<bf16>(), y.as<bf16>(), x.numel(), stream_.get());
 }
 
 absl::Status CudaBackend::EnsureDecodeWorkspace(size_t bytes) {
@@ -257,10 +387,12 @@ absl::Status CudaBackend::EnsureDecodeWorkspace(size_t bytes) {
   LIVEKV_RETURN_IF_ERROR(stream_.Synchronize());  // the old workspace may be in use
   decode_ws_.Reset();
   LIVEKV_ASSIGN_OR_RETURN(decode_ws_, cuda::DeviceBuffer::Create(std::max<size_t>(bytes * 2, size_t{1} << 20)));
-  return cuda::InitDecodeWorkspace(decode_ws_.data(), decode_ws_.bytes(), stream());
+  return cuda::InitDecodeWorkspace(decode_ws_.data(), decode_ws_.bytes(), stream_.get());
 }
 
 absl::Status CudaBackend::Attention(const AttentionArgs& args) {
+  LIVEKV_RETURN_IF_ERROR(Flush());
+  cuda::ScopedPdl pdl(options_.programmatic_launch);
   LIVEKV_RETURN_IF_ERROR(RequireBf16("attention", {&args.q, &args.k, &args.v, &args.out}));
   if (args.q.rank() != 3 || args.k.rank() != 3 || args.v.shape != args.k.shape || args.out.shape != args.q.shape ||
       args.k.dim(0) != args.q.dim(0) || args.k.dim(2) != args.q.dim(2)) {
@@ -300,7 +432,7 @@ absl::Status CudaBackend::Attention(const AttentionArgs& args) {
     LIVEKV_ASSIGN_OR_RETURN(cuda::KvPlan plan,
                             cuda::KvPlan::Create(ctxs, hkv, d, decode_plan_options(d, hq / hkv),
                                                  window ? absl::MakeConstSpan(qpos) : absl::Span<const int64_t>()));
-    LIVEKV_ASSIGN_OR_RETURN(void* plan_dev, ring_->Upload(plan.bytes().data(), plan.bytes().size(), stream()));
+    LIVEKV_ASSIGN_OR_RETURN(void* plan_dev, ring_->Upload(plan.bytes().data(), plan.bytes().size(), stream_.get()));
     LIVEKV_RETURN_IF_ERROR(EnsureDecodeWorkspace(cuda::DecodeWorkspaceBytes(plan.num_items(), hq / hkv, d)));
     cuda::DecodeAttentionArgs a;
     a.q = args.q.as<bf16>();
@@ -313,7 +445,7 @@ absl::Status CudaBackend::Attention(const AttentionArgs& args) {
     a.sliding_window = args.sliding_window;
     a.kernel = options_.decode_kernel;
     a.pipeline_stages = options_.decode_stages;
-    return cuda::DecodeAttention(a, plan, plan_dev, decode_ws_.data(), decode_ws_.bytes(), stream());
+    return cuda::DecodeAttention(a, plan, plan_dev, decode_ws_.data(), decode_ws_.bytes(), stream_.get());
   }
   // Prefill: the chunk over its context runs plus itself, causally.
   ContextKv empty;
@@ -324,7 +456,7 @@ absl::Status CudaBackend::Attention(const AttentionArgs& args) {
   LIVEKV_ASSIGN_OR_RETURN(cuda::KvPlan plan,
                           cuda::KvPlan::Create(ctxs, hkv, d, {},
                                                window ? absl::MakeConstSpan(qpos) : absl::Span<const int64_t>()));
-  LIVEKV_ASSIGN_OR_RETURN(void* plan_dev, ring_->Upload(plan.bytes().data(), plan.bytes().size(), stream()));
+  LIVEKV_ASSIGN_OR_RETURN(void* plan_dev, ring_->Upload(plan.bytes().data(), plan.bytes().size(), stream_.get()));
   cuda::PrefillAttentionArgs a;
   a.q = args.q.as<bf16>();
   a.k = args.k.as<bf16>();
@@ -337,10 +469,12 @@ absl::Status CudaBackend::Attention(const AttentionArgs& args) {
   a.pos0 = args.pos0;
   a.scale = args.scale;
   a.sliding_window = args.sliding_window;
-  return cuda::PrefillAttention(a, plan, plan_dev, stream());
+  return cuda::PrefillAttention(a, plan, plan_dev, stream_.get());
 }
 
 absl::Status CudaBackend::ScatterHeadMajor(TensorView src, TensorView dst, int64_t row0) {
+  LIVEKV_RETURN_IF_ERROR(Flush());
+  cuda::ScopedPdl pdl(options_.programmatic_launch);
   if (src.rank() != 3 || dst.rank() != 3 || src.dim(1) != dst.dim(0) || src.dim(2) != dst.dim(2) || row0 < 0 ||
       row0 + src.dim(0) > dst.dim(1)) {
     return ShapeError("scatter_head_major", "src", src.shape,
@@ -354,7 +488,7 @@ absl::Status CudaBackend::ScatterHeadMajor(TensorView src, TensorView dst, int64
   if (src.dim(0) == 0) return absl::OkStatus();
   return cuda::TokenMajorToHeadMajor(src.data, src.dim(0), static_cast<int32_t>(src.dim(1)),
                                      src.dim(2) * static_cast<int64_t>(DTypeSize(src.dtype)), dst.data, dst.dim(1),
-                                     row0, stream());
+                                     row0, stream_.get());
 }
 
 }  // namespace livekv

@@ -17,6 +17,14 @@
 // plans, token ids) is staged through pinned memory (engine/cuda/upload_ring.h) so a decode step never waits for
 // the device before its logits.
 //
+// Decode-step fusion (options.fuse_decode_ops): for one-row inputs, RmsNorm and SwiGlu are not launched at once but
+// kept pending; a following Linear that reads their output runs them as the GEMV's prologue (the unfused output is
+// still written), and a following AddInPlace(x, y) that adds that Linear's output becomes the GEMV's residual
+// epilogue (cuda/ops/gemm.h GemvFusion). A layer's 13 kernels become 8. Anything else first launches what is
+// pending, as do stream(), CopyToHost, Synchronize and freeing a tensor, so the results are observably the same as
+// unfused (up to the norm's fp32 summation order). Programmatic dependent launch (options.programmatic_launch): the
+// kernels of this backend's ops start while their predecessor finishes (cuda/runtime/launch.h).
+//
 // Thread-safety: one thread at a time (Backend's contract). The backend must outlive every tensor it allocated.
 #ifndef LIVEKV_ENGINE_CUDA_CUDA_BACKEND_H_
 #define LIVEKV_ENGINE_CUDA_CUDA_BACKEND_H_
@@ -54,6 +62,10 @@ struct CudaBackendOptions {
   cuda::DecodeKernel decode_kernel = cuda::DecodeKernel::kMma;
   int decode_stages = 0;
   size_t upload_ring_bytes = size_t{32} << 20;
+  // One-row RmsNorm/SwiGlu -> GEMV prologue and GEMV -> residual add fusion (see above); benchmarks switch it off.
+  bool fuse_decode_ops = true;
+  // Programmatic dependent launch of this backend's kernels (Hopper); benchmarks switch it off.
+  bool programmatic_launch = true;
 };
 
 class CudaBackend : public Backend {
@@ -83,8 +95,9 @@ class CudaBackend : public Backend {
   absl::Status Attention(const AttentionArgs& args) override;
   absl::Status ScatterHeadMajor(TensorView src, TensorView dst, int64_t row0) override;
 
-  // The stream every operation runs on (KV contexts order their own streams against it with events).
-  cudaStream_t stream() const { return stream_.get(); }
+  // The stream every operation runs on (KV contexts order their own streams against it with events). Launches
+  // pending fused work first, so everything issued so far is on it.
+  cudaStream_t stream() const;
   const cuda::DeviceInfo& device_info() const { return info_; }
   int device() const { return options_.device; }
   UploadRing* upload_ring() { return ring_.get(); }
@@ -92,10 +105,35 @@ class CudaBackend : public Backend {
   cuda::KvPlanOptions decode_plan_options(int32_t head_dim, int32_t group) const;
   // Switches the decode kernel from the next call on (benchmarks).
   void set_decode_kernel(cuda::DecodeKernel kernel, int stages);
+  cuda::DecodeKernel decode_kernel() const { return options_.decode_kernel; }
+  int decode_stages() const { return options_.decode_stages; }
+  // Switch decode-step fusion and programmatic launch from the next call on (benchmarks).
+  void set_fuse_decode_ops(bool on);
+  void set_programmatic_launch(bool on) { options_.programmatic_launch = on; }
+  // GEMV launches that carried a fused prologue or residual (tests and benchmarks).
+  int64_t fused_gemv_calls() const { return fused_gemv_calls_; }
 
  private:
   explicit CudaBackend(const CudaBackendOptions& options) : options_(options), allocator_(options.device) {}
   absl::Status EnsureDecodeWorkspace(size_t bytes);
+  // Launches the pending op, if any; a failure is kept in deferred_error_ for the next operation.
+  void LaunchPending() const;
+  // LaunchPending(), then returns (and clears) the kept error.
+  absl::Status Flush() const;
+
+  // The op held back for fusion (decode steps): a norm or SwiGLU waiting for the GEMV that reads its output, or a
+  // GEMV (with such a prologue) waiting for the residual add of its output.
+  enum class PendingKind { kNone, kNorm, kSwiGlu, kLinear };
+  struct Pending {
+    PendingKind kind = PendingKind::kNone;
+    const __nv_bfloat16* x = nullptr;  // kNorm: x [1, k]; kSwiGlu: gate_up [1, 2k]
+    const __nv_bfloat16* weight = nullptr;
+    float eps = 0.0f;
+    __nv_bfloat16* out = nullptr;      // kNorm / kSwiGlu: their output [1, k]
+    int64_t k = 0;
+    cuda::LinearArgs linear;            // kLinear
+    cuda::GemvFusion fusion;            // kLinear
+  };
   absl::StatusOr<const float*> InvFreq(const RopeTable& rope);
 
   CudaBackendOptions options_;
@@ -111,6 +149,9 @@ class CudaBackend : public Backend {
   std::vector<uint8_t> host_scratch_;
   mutable std::vector<std::pair<int64_t, int>> ctas_per_sm_;  // (head_dim << 32 | group) -> occupancy
   ContextKv with_self_;  // reused per call: the context plus the token's own row
+  mutable Pending pending_;
+  mutable absl::Status deferred_error_;
+  mutable int64_t fused_gemv_calls_ = 0;
 };
 
 // Deterministic pseudo-random weights generated on the device: the same values as DummyWeights (engine/weights.h)

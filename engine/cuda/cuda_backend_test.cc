@@ -187,8 +187,55 @@ TEST_P(HfParityOnGpu, LogitsAndGreedyTokensMatchTheCpuEngine) {
       skipped += " " + std::to_string(step);
     }
   }
-  std::printf("PARITY %-24s prefill max rel err %.2e, decode %.2e (tolerance %.0e); argmax steps too close to call:%s\n",
-              GetParam().c_str(), worst, worst_decode, kTolerance, skipped.empty() ? " none" : skipped.c_str());
+  std::printf("PARITY %-24s prefill max rel err %.2e, decode %.2e (tolerance %.0e); argmax steps too close to call:%s; "
+              "fused GEMVs %lld\n",
+              GetParam().c_str(), worst, worst_decode, kTolerance, skipped.empty() ? " none" : skipped.c_str(),
+              static_cast<long long>(gpu_->fused_gemv_calls()));
+  // The decode steps ran the fused norm/SwiGLU/residual GEMVs (the default) wherever the widths allow it.
+  if (config->hidden_size % 8 == 0 && config->intermediate_size % 8 == 0) EXPECT_GT(gpu_->fused_gemv_calls(), 0);
+}
+
+// Decode-step fusion and programmatic launch change nothing but the norm's fp32 summation order: 6 decode steps
+// with them (the default) against the same steps with both off, on the same backend and weights.
+TEST_F(CudaBackendTest, FusedDecodeMatchesUnfused) {
+  const std::string dir = "engine/testdata/hf/llama_gqa2_d64_llama3";
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto files = SafetensorsSet::OpenDir(dir);
+  ASSERT_TRUE(files.ok()) << files.status();
+  auto weights = LoadWeights(*config, **files, gpu_.get());
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  auto model = Transformer::Create(*config, std::move(*weights), gpu_.get(), TransformerOptions{.max_chunk = 16}).value();
+  const std::vector<int32_t> prompt = {1, 17, 230, 5, 99, 41, 7, 200, 12};  // vocabulary 256
+  const int32_t steps[] = {3, 250, 18, 77, 2, 140};
+  std::vector<std::vector<float>> runs[2];
+  for (int fused = 1; fused >= 0; --fused) {
+    gpu_->set_fuse_decode_ops(fused == 1);
+    gpu_->set_programmatic_launch(fused == 1);
+    const int64_t before = gpu_->fused_gemv_calls();
+    auto kv = DenseKvCache::Create(*config, gpu_.get(), DType::kBF16, 4).value();
+    std::vector<float> logits;
+    ASSERT_TRUE(model->Forward(prompt, kv.get(), false, &logits).ok());
+    for (int32_t t : steps) {
+      const int32_t ids[] = {t};
+      logits.clear();
+      ASSERT_TRUE(model->Forward(ids, kv.get(), false, &logits).ok());
+      runs[fused].push_back(logits);
+    }
+    if (fused == 1) {
+      EXPECT_GE(gpu_->fused_gemv_calls() - before, 3 * config->num_layers * 6) << "fusion did not happen";
+    } else {
+      EXPECT_EQ(gpu_->fused_gemv_calls(), before);
+    }
+  }
+  double worst = 0;
+  for (size_t i = 0; i < runs[0].size(); ++i) {
+    ASSERT_EQ(runs[0][i].size(), runs[1][i].size());
+    const Error e = Compare(runs[1][i].data(), runs[0][i].data(), static_cast<int64_t>(runs[0][i].size()));
+    worst = std::max(worst, e.relative());
+  }
+  std::printf("fused vs unfused decode: max rel diff %.2e\n", worst);
+  EXPECT_LE(worst, kTolerance / 4);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, HfParityOnGpu,
