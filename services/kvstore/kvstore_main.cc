@@ -9,6 +9,9 @@
 // UCX reads UCX_TLS / UCX_NET_DEVICES from the environment: set UCX_NET_DEVICES=lo to stay on loopback). At start
 // the store removes segments that crashed stores left in /dev/shm (--shm_remove_stale).
 //
+// Tiers (session_store.h, "Tiers and prefetch"): a session idle for --cold_after_ms has its cluster runs spilled to a
+// file in --cold_dir and their memory released; prefetch and requests bring them back.
+//
 // SIGTERM or SIGINT: stop accepting calls, give in-flight calls --shutdown_grace_ms to finish, exit 0.
 #include <csignal>
 #include <cstdint>
@@ -28,6 +31,7 @@
 #include "common/metrics/metrics.h"
 #include "common/rpc/server.h"
 #include "services/common/service_main.h"
+#include "services/kvstore/cold_tier.h"
 #include "services/kvstore/data_plane.h"
 #include "services/kvstore/kvstore_service.h"
 #include "services/kvstore/session_store.h"
@@ -51,6 +55,10 @@ ABSL_FLAG(std::string, shm_prefault, "background",
 ABSL_FLAG(std::string, shm_prefix, "livekv", "shared-memory segment names start with /<prefix>-<pid>-");
 ABSL_FLAG(bool, shm_remove_stale, true, "at start, remove /dev/shm segments of this prefix whose creator is gone");
 ABSL_FLAG(bool, ucx, true, "serve the pools to UCX (RMA) readers; off, or if UCX cannot start: shm and gRPC only");
+ABSL_FLAG(std::string, cold_dir, "/var/tmp",
+          "directory of the cold tier's (unlinked) spill file; \"\": no cold tier (every run stays in memory)");
+ABSL_FLAG(int64_t, cold_after_ms, 600000,
+          "idle time (no lease, no append) after which a session's cluster runs move to the cold tier");
 ABSL_FLAG(std::string, ucx_transports, "", "UCX_TLS for the store's UCX context (\"\": the environment's)");
 
 namespace livekv {
@@ -106,8 +114,19 @@ int Run() {
     }
     arena = std::move(*created);
   }
+  std::unique_ptr<ColdTier> cold_tier;
+  if (!absl::GetFlag(FLAGS_cold_dir).empty()) {
+    absl::StatusOr<std::unique_ptr<ColdTier>> created = ColdTier::Create(absl::GetFlag(FLAGS_cold_dir));
+    if (created.ok()) {
+      cold_tier = std::move(*created);
+      options.cold_tier = cold_tier.get();
+      options.cold_after = absl::Milliseconds(absl::GetFlag(FLAGS_cold_after_ms));
+    } else {
+      LOG(WARNING) << "--cold_dir: " << created.status().message() << "; running without a cold tier";
+    }
+  }
   // Destroyed in reverse: the service, the data plane (UCX unregisters the pools), the store (pools return their
-  // arenas), the arena.
+  // arenas), the arena, the cold tier.
   SessionStore store(options, Clock::Real(), arena.get());
   DataPlane::Options plane_options;
   plane_options.shm = arena.get();

@@ -64,6 +64,11 @@ KvStoreService::KvStoreService(SessionStore* store, ServiceMetrics* metrics, con
   leases_ = &metrics_->Gauge("livekv_leases", "Live leases on KV-store sessions");
   open_appends_ = &metrics_->Gauge("livekv_open_appends", "Appends begun and not yet committed or aborted");
   pool_bytes_used_ = &metrics_->Gauge("livekv_pool_bytes_used", "Bytes of the KV pools' pages in use");
+  cold_bytes_ = &metrics_->Gauge("livekv_cold_bytes", "Bytes of cluster runs in the KV store's cold tier");
+  prefetched_runs_ = &metrics_->Gauge("livekv_prefetched_runs", "Cluster runs promoted ahead of requests, since start");
+  prefetch_hits_ = &metrics_->Gauge("livekv_prefetch_hits", "Cold runs prefetched before a request asked for them");
+  prefetch_misses_ = &metrics_->Gauge("livekv_prefetch_misses", "Cold runs a request found cold (promoted on demand)");
+  prefetch_hit_rate_ = &metrics_->Gauge("livekv_prefetch_hit_rate", "prefetch hits / (hits + misses); 0 before any");
   recall_bytes_ = &metrics_->Counter("livekv_recall_bytes_total", "KV bytes served by Recall");
   recall_seconds_ = &metrics_->Histogram("livekv_recall_seconds", "Time to serve a Recall, first byte to last",
                                          ServiceMetrics::LatencyBuckets());
@@ -78,6 +83,12 @@ grpc::Status KvStoreService::Done(const char* method, Start start, const absl::S
     leases_->Set(static_cast<double>(st.leases));
     open_appends_->Set(static_cast<double>(st.open_appends));
     pool_bytes_used_->Set(static_cast<double>(st.pool_used_bytes));
+    cold_bytes_->Set(static_cast<double>(st.cold_bytes));
+    prefetched_runs_->Set(static_cast<double>(st.prefetched_runs));
+    prefetch_hits_->Set(static_cast<double>(st.prefetch_hits));
+    prefetch_misses_->Set(static_cast<double>(st.prefetch_misses));
+    const int64_t demanded = st.prefetch_hits + st.prefetch_misses;
+    prefetch_hit_rate_->Set(demanded > 0 ? static_cast<double>(st.prefetch_hits) / static_cast<double>(demanded) : 0);
   }
   return ToGrpcStatus(status);
 }
@@ -377,6 +388,12 @@ grpc::Status KvStoreService::Stats(grpc::ServerContext*, const v1::StatsRequest*
   response->set_pinned_runs(st.pinned_runs);
   response->set_pinned_bytes(st.pinned_bytes);
   response->set_resolved_blocks(st.resolved_blocks);
+  response->set_cold_runs(st.cold_runs);
+  response->set_cold_bytes(st.cold_bytes);
+  response->set_demoted_runs(st.demoted_runs);
+  response->set_prefetched_runs(st.prefetched_runs);
+  response->set_prefetch_hits(st.prefetch_hits);
+  response->set_prefetch_misses(st.prefetch_misses);
   return Done("Stats", start, absl::OkStatus());
 }
 

@@ -107,6 +107,11 @@ class KvStoreService final : public v1::KvStore::Service {
   prometheus::Gauge* leases_ = nullptr;
   prometheus::Gauge* open_appends_ = nullptr;
   prometheus::Gauge* pool_bytes_used_ = nullptr;
+  prometheus::Gauge* cold_bytes_ = nullptr;
+  prometheus::Gauge* prefetched_runs_ = nullptr;
+  prometheus::Gauge* prefetch_hits_ = nullptr;
+  prometheus::Gauge* prefetch_misses_ = nullptr;
+  prometheus::Gauge* prefetch_hit_rate_ = nullptr;
   prometheus::Counter* recall_bytes_ = nullptr;
   prometheus::Histogram* recall_seconds_ = nullptr;
 };

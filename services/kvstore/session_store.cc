@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <set>
+#include <tuple>
 #include <utility>
 
 #include "absl/random/random.h"
@@ -47,6 +49,14 @@ struct SessionStore::StoredSession {
       : tenant(std::move(tenant)), model(std::move(model)), geometry(geometry), policy(policy), created(created),
         ttl(ttl), slot(slot), kv(std::move(kv)) {}
   ~StoredSession() {
+    if (cold_tier != nullptr && kv != nullptr) {
+      for (int32_t l = 0; l < geometry.num_layers; ++l) {
+        for (int32_t h = 0; h < geometry.num_kv_heads; ++h) {
+          const HeadKv& head = kv->head(l, h);
+          for (int32_t c = 0; c < head.num_clusters(); ++c) cold_tier->Forget({slot->id, head.cluster(c).key});
+        }
+      }
+    }
     // Freeing pages is a pool mutation (see PoolSlot::alloc_mu).
     absl::ReaderMutexLock pool_lock(&slot->alloc_mu);
     kv.reset();
@@ -65,6 +75,12 @@ struct SessionStore::StoredSession {
   absl::Mutex mu;
   std::unique_ptr<SequenceKv> kv ABSL_GUARDED_BY(mu);
   int64_t version ABSL_GUARDED_BY(mu) = 0;
+
+  ColdTier* cold_tier = nullptr;   // set once, before the session is published
+  std::atomic<int32_t> readers{0};  // RecallReaders that may still copy (changed under mu, shared or not)
+  // The clusters (layer, head, index) of the session's latest requests, oldest first ("Tiers and prefetch").
+  absl::Mutex history_mu;
+  std::deque<std::vector<std::tuple<int32_t, int32_t, int32_t>>> history ABSL_GUARDED_BY(history_mu);
 };
 
 // A live session's bookkeeping, guarded by the store's lock (a session's data is guarded by its own).
@@ -76,6 +92,7 @@ struct SessionStore::SessionEntry {
   absl::Time last_access;
   int64_t leases = 0;
   std::string append_id;  // the open append, or ""
+  absl::Time demoted_at_access = absl::InfinitePast();  // last_access when its clusters were last demoted
 
   absl::Time Expires() const {
     return session->ttl == absl::InfiniteDuration() ? absl::InfiniteFuture() : last_access + session->ttl;
@@ -270,10 +287,18 @@ SessionStore::SessionStore(const Options& options, Clock* clock, Allocator* allo
   }
   absl::MutexLock lock(&mu_);
   random_ = std::move(random);
+  if (options_.cold_tier != nullptr) prefetch_thread_ = std::thread([this] { PrefetchLoop(); });
 }
 
 SessionStore::~SessionStore() {
   StopReaper();
+  if (prefetch_thread_.joinable()) {
+    {
+      absl::MutexLock lock(&prefetch_mu_);
+      prefetch_stop_ = true;
+    }
+    prefetch_thread_.join();
+  }
   // Sessions free their pages into the pools, so they go first, outside the store's lock.
   Graveyard graveyard;
   absl::flat_hash_map<std::string, std::shared_ptr<PendingAppend>> appends;
@@ -477,6 +502,7 @@ absl::StatusOr<SessionInfo> SessionStore::CreateSession(const NewSession& reques
     if (!kv.ok()) return PoolError(kv.status(), "allocating the session's sink pages");
     session = std::make_shared<StoredSession>(tenant, request.model, g, policy, clock_->Now(), ttl, slot,
                                               std::move(*kv));
+    session->cold_tier = options_.cold_tier;
   }
   Graveyard graveyard;
   absl::MutexLock lock(&mu_);
@@ -744,6 +770,8 @@ absl::Status SessionStore::AbortAppend(const std::string& append_id) {
 }
 
 absl::Status SessionStore::ApplyAppend(StoredSession* s, PendingAppend* a, bool* changed) {
+  // Clustering and drops may read or free any run: nothing of the session stays cold under them.
+  if (options_.cold_tier != nullptr) LIVEKV_RETURN_IF_ERROR(PromoteAll(*s));
   SequenceKv& kv = *s->kv;
   PoolSlot& slot = *s->slot;
   const DType dtype = s->geometry.layout.dtype;
@@ -900,6 +928,8 @@ absl::StatusOr<LeaseInfo> SessionStore::AcquireLease(const std::string& session_
   lease->expires = now + ttl;
   entry->leases += 1;
   LeaseInfo info{lease->id, lease->session_id, lease->holder, lease->expires};
+  // A new holder (a new question): promote what the session's recent requests used, ahead of its first recall.
+  if (options_.cold_tier != nullptr) SchedulePrefetch(lease->session);
   leases_.emplace(lease->id, std::move(lease));
   return info;
 }
@@ -1081,6 +1111,8 @@ absl::StatusOr<std::unique_ptr<RecallReader>> SessionStore::StartRecall(const st
   {
     absl::ReaderMutexLock session_lock(&s->mu);
     LIVEKV_RETURN_IF_ERROR(ResolveLocked(*s, version, blocks, &resolved));
+    LIVEKV_RETURN_IF_ERROR(PromoteDemanded(*s, resolved));
+    s->readers.fetch_add(1);  // under the lock: the reaper never demotes while a reader may copy
   }
   for (const ResolvedBlock& r : resolved) {
     RecallReader::Block b;
@@ -1127,6 +1159,7 @@ absl::StatusOr<std::vector<BlockLocation>> SessionStore::ResolveBlocks(const std
     // The runs are looked up (pinned) while the session's lock keeps them in the session.
     absl::ReaderMutexLock session_lock(&s->mu);
     LIVEKV_RETURN_IF_ERROR(ResolveLocked(*s, version, blocks, &resolved));
+    LIVEKV_RETURN_IF_ERROR(PromoteDemanded(*s, resolved));
     handles.reserve(resolved.size());
     for (const ResolvedBlock& r : resolved) {
       if (r.key == 0) {
@@ -1176,8 +1209,157 @@ absl::StatusOr<std::vector<BlockLocation>> SessionStore::ResolveBlocks(const std
   return out;
 }
 
+absl::Status SessionStore::PromoteDemanded(StoredSession& s, const std::vector<ResolvedBlock>& blocks) {
+  if (options_.cold_tier == nullptr) return absl::OkStatus();
+  std::vector<std::tuple<int32_t, int32_t, int32_t>> selection;
+  std::vector<ColdTier::RunKey> hot;
+  int64_t misses = 0;
+  for (const ResolvedBlock& r : blocks) {
+    if (r.ref.kind != BlockRef::Kind::kCluster || r.key == 0) continue;
+    selection.emplace_back(r.layer, r.kv_head, r.ref.index);
+    const ColdTier::RunKey key{s.slot->id, r.key};
+    LIVEKV_ASSIGN_OR_RETURN(const bool was_cold, options_.cold_tier->Promote(key, r.run));
+    if (was_cold) {
+      ++misses;
+    } else {
+      hot.push_back(key);
+    }
+  }
+  if (selection.empty()) return absl::OkStatus();
+  {
+    absl::MutexLock lock(&prefetch_mu_);
+    prefetch_misses_ += misses;
+    for (const ColdTier::RunKey& key : hot) prefetch_hits_ += prefetched_.erase(key);
+  }
+  absl::MutexLock lock(&s.history_mu);
+  s.history.push_back(std::move(selection));
+  while (static_cast<int32_t>(s.history.size()) > std::max(options_.prefetch_history, 0)) s.history.pop_front();
+  return absl::OkStatus();
+}
+
+absl::Status SessionStore::PromoteAll(StoredSession& s) {
+  const SequenceKv& kv = *s.kv;
+  for (int32_t l = 0; l < s.geometry.num_layers; ++l) {
+    for (int32_t h = 0; h < s.geometry.num_kv_heads; ++h) {
+      const HeadKv& head = kv.head(l, h);
+      for (int32_t c = 0; c < head.num_clusters(); ++c) {
+        const ColdTier::RunKey key{s.slot->id, head.cluster(c).key};
+        if (!options_.cold_tier->IsCold(key)) continue;
+        LIVEKV_ASSIGN_OR_RETURN(absl::Span<uint8_t> run, kv.BlockBytes(l, h, {BlockRef::Kind::kCluster, c, 0}));
+        LIVEKV_RETURN_IF_ERROR(options_.cold_tier->Promote(key, run).status());
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+void SessionStore::DemoteIfIdle(const std::shared_ptr<StoredSession>& session) {
+  StoredSession& s = *session;
+  // Exclusive: no Recall or ResolveBlocks of this session runs until the runs are spilled (they would promote).
+  absl::MutexLock session_lock(&s.mu);
+  if (s.readers.load() > 0) return;
+  struct Run {
+    ColdTier::RunKey key;
+    absl::Span<uint8_t> bytes;
+    uint32_t first_page;
+  };
+  std::vector<Run> runs;
+  PagePool& pool = *s.slot->pool;
+  const SequenceKv& kv = *s.kv;
+  for (int32_t l = 0; l < s.geometry.num_layers; ++l) {
+    for (int32_t h = 0; h < s.geometry.num_kv_heads; ++h) {
+      const HeadKv& head = kv.head(l, h);
+      for (int32_t c = 0; c < head.num_clusters(); ++c) {
+        const ColdTier::RunKey key{s.slot->id, head.cluster(c).key};
+        if (key.second == 0 || options_.cold_tier->IsCold(key)) continue;
+        absl::StatusOr<absl::Span<uint8_t>> run = kv.BlockBytes(l, h, {BlockRef::Kind::kCluster, c, 0});
+        if (!run.ok() || run->empty()) continue;
+        runs.push_back({key, *run, static_cast<uint32_t>((run->data() - pool.base()) / pool.page_bytes())});
+      }
+    }
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = sessions_.find(s.id);
+    if (it == sessions_.end() || it->second->session != session) return;
+    SessionEntry& entry = *it->second;
+    if (entry.leases > 0 || !entry.append_id.empty() || clock_->Now() - entry.last_access < options_.cold_after) {
+      return;
+    }
+    entry.demoted_at_access = entry.last_access;
+    // A reader whose lease ended may still be copying a run (shm, UCX): the increment tells it its copy is void.
+    std::vector<Run> unpinned;
+    for (const Run& r : runs) {
+      if (run_pins_.contains(RunKey(s.slot->id, r.first_page))) continue;
+      BumpGenerations(s.slot->generations, r.first_page, static_cast<uint32_t>(r.bytes.size() / pool.page_bytes()));
+      unpinned.push_back(r);
+    }
+    runs.swap(unpinned);
+  }
+  for (const Run& r : runs) {
+    if (absl::Status st = options_.cold_tier->Demote(r.key, r.bytes); !st.ok()) {
+      LOG(WARNING) << "session " << s.id << ": demoting a cluster run: " << st;
+      return;
+    }
+  }
+}
+
+void SessionStore::SchedulePrefetch(const std::shared_ptr<StoredSession>& s) {
+  absl::MutexLock lock(&prefetch_mu_);
+  prefetch_queue_.push_back(s);
+}
+
+void SessionStore::PrefetchLoop() {
+  while (true) {
+    std::shared_ptr<StoredSession> s;
+    {
+      absl::MutexLock lock(&prefetch_mu_);
+      prefetch_mu_.Await(absl::Condition(
+          +[](SessionStore* store) ABSL_EXCLUSIVE_LOCKS_REQUIRED(store->prefetch_mu_) {
+            return store->prefetch_stop_ || !store->prefetch_queue_.empty();
+          },
+          this));
+      if (prefetch_stop_) return;
+      s = prefetch_queue_.front().lock();
+      prefetch_queue_.pop_front();
+    }
+    if (s != nullptr) PrefetchSession(*s);
+  }
+}
+
+void SessionStore::PrefetchSession(StoredSession& s) {
+  std::vector<std::tuple<int32_t, int32_t, int32_t>> predicted;
+  {
+    absl::MutexLock lock(&s.history_mu);
+    for (const auto& selection : s.history) predicted.insert(predicted.end(), selection.begin(), selection.end());
+  }
+  std::sort(predicted.begin(), predicted.end());
+  predicted.erase(std::unique(predicted.begin(), predicted.end()), predicted.end());
+  absl::ReaderMutexLock session_lock(&s.mu);
+  const SequenceKv& kv = *s.kv;
+  std::vector<ColdTier::RunKey> promoted;
+  for (const auto& [l, h, c] : predicted) {
+    // The index may have changed since (a commit re-clustered): a stale prediction promotes another cluster.
+    if (l >= s.geometry.num_layers || h >= s.geometry.num_kv_heads || c >= kv.head(l, h).num_clusters()) continue;
+    const ColdTier::RunKey key{s.slot->id, kv.head(l, h).cluster(c).key};
+    absl::StatusOr<absl::Span<uint8_t>> run = kv.BlockBytes(l, h, {BlockRef::Kind::kCluster, c, 0});
+    if (!run.ok()) continue;
+    absl::StatusOr<bool> was_cold = options_.cold_tier->Promote(key, *run);
+    if (!was_cold.ok()) {
+      LOG(WARNING) << "session " << s.id << ": prefetch: " << was_cold.status();
+      return;
+    }
+    if (*was_cold) promoted.push_back(key);
+  }
+  absl::MutexLock lock(&prefetch_mu_);
+  prefetched_runs_ += static_cast<int64_t>(promoted.size());
+  prefetched_.insert(promoted.begin(), promoted.end());
+}
+
 RecallReader::RecallReader() = default;
-RecallReader::~RecallReader() = default;
+RecallReader::~RecallReader() {
+  if (session_ != nullptr) session_->readers.fetch_sub(1);
+}
 
 absl::Status RecallReader::Next(size_t max_bytes, std::string* out) {
   const int64_t n = std::min<int64_t>(static_cast<int64_t>(max_bytes), total_bytes_ - offset_);
@@ -1230,6 +1412,16 @@ StoreStats SessionStore::Stats() const {
   st.pinned_runs = static_cast<int64_t>(run_pins_.size());
   st.pinned_bytes = pinned_bytes_;
   st.resolved_blocks = resolved_blocks_;
+  if (options_.cold_tier != nullptr) {
+    const ColdTierStats cold = options_.cold_tier->stats();
+    st.cold_runs = cold.cold_runs;
+    st.cold_bytes = cold.cold_bytes;
+    st.demoted_runs = cold.demoted_runs;
+    absl::MutexLock prefetch_lock(&prefetch_mu_);
+    st.prefetched_runs = prefetched_runs_;
+    st.prefetch_hits = prefetch_hits_;
+    st.prefetch_misses = prefetch_misses_;
+  }
   return st;
 }
 
@@ -1265,6 +1457,19 @@ void SessionStore::ReapOnce() {
     if (a->open) AbortLocked(a.get(), "its deadline passed");
     a->mu.Unlock();
   }
+  if (options_.cold_tier == nullptr || options_.cold_after == absl::InfiniteDuration()) return;
+  std::vector<std::shared_ptr<StoredSession>> idle;
+  {
+    absl::MutexLock lock(&mu_);
+    const absl::Time now = clock_->Now();
+    for (const auto& [id, entry] : sessions_) {
+      if (entry->leases == 0 && entry->append_id.empty() && now - entry->last_access >= options_.cold_after &&
+          entry->demoted_at_access != entry->last_access) {
+        idle.push_back(entry->session);
+      }
+    }
+  }
+  for (const std::shared_ptr<StoredSession>& s : idle) DemoteIfIdle(s);
 }
 
 void SessionStore::StartReaper(absl::Duration interval) {

@@ -70,6 +70,16 @@
 // torn bytes, whether its lease is alive (pins) or not (generations). Incrementing only when the last pin goes
 // (not on every allocation) keeps the pools' allocation paths untouched and costs one atomic per page per lease.
 //
+// Tiers and prefetch (options.cold_tier, services/kvstore/cold_tier.h). The pool arena is the hot tier. The reaper
+// demotes the cluster runs of a session idle for options.cold_after (no lease, no open append, no Recall in
+// flight, no pinned run) to the cold tier, under the session's exclusive lock and after incrementing their
+// generations; the runs keep their pool pages, which now read as zeros. Every path that reads run bytes first
+// promotes what it needs under the session's lock: Recall and ResolveBlocks the blocks they resolve (a demand
+// promotion: a prefetch miss), a commit every cold run of the session. Prefetch promotes ahead of requests, on a
+// thread of its own: when a lease is acquired (a new question), the clusters of the session's last
+// options.prefetch_history requests (its recent selections) are promoted; a later request that finds them hot
+// counts a prefetch hit.
+//
 // Thread-safety: thread-safe. Lock order: an append's lock, then a session's lock, then the store's lock, then a
 // pool's allocation lock (then the pool's own). Reads take only the session's lock (shared); the store's lock is
 // held for map lookups only, never while copying KV bytes.
@@ -79,6 +89,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -87,6 +98,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -95,6 +107,7 @@
 #include "kvcache/policy.h"
 #include "kvcache/policy_options.h"
 #include "kvcache/sequence_kv.h"
+#include "services/kvstore/cold_tier.h"
 
 namespace livekv {
 
@@ -195,6 +208,14 @@ struct StoreStats {
   int64_t pinned_runs = 0;   // distinct page runs pinned by leases (ResolveBlocks)
   int64_t pinned_bytes = 0;  // their bytes
   int64_t resolved_blocks = 0;  // by ResolveBlocks since start
+  // Tiers and prefetch. A hit is a cold run that prefetch promoted before a request asked for it; a miss is one
+  // that a request found cold (promoted on demand). Runs that never went cold count as neither.
+  int64_t cold_runs = 0;
+  int64_t cold_bytes = 0;
+  int64_t demoted_runs = 0;
+  int64_t prefetched_runs = 0;
+  int64_t prefetch_hits = 0;
+  int64_t prefetch_misses = 0;
 };
 
 class RecallReader;
@@ -208,6 +229,10 @@ class SessionStore {
     int64_t max_bytes_per_tenant = 0;                      // 0: no limit
     absl::Duration default_lease_ttl = absl::Seconds(30);
     absl::Duration default_append_timeout = absl::Seconds(60);
+    // Tiers and prefetch (see the file comment). Borrowed; null: every run stays in the arena.
+    ColdTier* cold_tier = nullptr;
+    absl::Duration cold_after = absl::InfiniteDuration();  // idle time before a session's clusters go cold
+    int32_t prefetch_history = 4;                          // requests remembered per session for prediction
   };
 
   // `clock` and `allocator` are borrowed and must outlive the store; a null allocator means an owned
@@ -332,6 +357,16 @@ class SessionStore {
   // Checks `blocks` against the session (StartRecall's rules) and finds each one's run. REQUIRES: s.mu held.
   absl::Status ResolveLocked(const StoredSession& s, int64_t version, const std::vector<BlockList>& blocks,
                              std::vector<ResolvedBlock>* out) const;
+  // Promotes the cold cluster runs among `blocks` (counting hits and misses) and remembers them as the session's
+  // latest selection. REQUIRES: s.mu held (shared suffices).
+  absl::Status PromoteDemanded(StoredSession& s, const std::vector<ResolvedBlock>& blocks);
+  // Promotes every cold cluster run of `s`. REQUIRES: s.mu held.
+  absl::Status PromoteAll(StoredSession& s);
+  // Demotes the cluster runs of the idle session `s` if it is still idle once its lock is held.
+  void DemoteIfIdle(const std::shared_ptr<StoredSession>& s) ABSL_LOCKS_EXCLUDED(mu_);
+  void SchedulePrefetch(const std::shared_ptr<StoredSession>& s);
+  void PrefetchLoop();
+  void PrefetchSession(StoredSession& s);
   absl::StatusOr<std::shared_ptr<PendingAppend>> FindAppend(const std::string& append_id) ABSL_LOCKS_EXCLUDED(mu_);
   // Ends an open append without committing: drops the staging, unlists it. REQUIRES: a->mu held, a open.
   void AbortLocked(PendingAppend* a, const char* why) ABSL_LOCKS_EXCLUDED(mu_);
@@ -364,6 +399,16 @@ class SessionStore {
   int64_t pinned_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t resolved_blocks_ ABSL_GUARDED_BY(mu_) = 0;
   uint32_t next_pool_id_ ABSL_GUARDED_BY(mu_) = 1;
+
+  // Prefetch: sessions to promote ahead of requests, served by prefetch_thread_ (running when options.cold_tier).
+  mutable absl::Mutex prefetch_mu_;  // a leaf: taken under the store's or a session's lock, nothing under it
+  std::deque<std::weak_ptr<StoredSession>> prefetch_queue_ ABSL_GUARDED_BY(prefetch_mu_);
+  bool prefetch_stop_ ABSL_GUARDED_BY(prefetch_mu_) = false;
+  absl::flat_hash_set<ColdTier::RunKey> prefetched_ ABSL_GUARDED_BY(prefetch_mu_);  // promoted, not yet asked for
+  int64_t prefetched_runs_ ABSL_GUARDED_BY(prefetch_mu_) = 0;
+  int64_t prefetch_hits_ ABSL_GUARDED_BY(prefetch_mu_) = 0;
+  int64_t prefetch_misses_ ABSL_GUARDED_BY(prefetch_mu_) = 0;
+  std::thread prefetch_thread_;
 
   absl::Mutex reaper_mu_;
   bool reaper_stop_ ABSL_GUARDED_BY(reaper_mu_) = false;
