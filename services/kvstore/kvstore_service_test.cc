@@ -658,6 +658,64 @@ TEST_F(KvStoreServiceTest, StatsCountAndAThousandLeasesComeAndGo) {
   EXPECT_THAT(metrics, HasSubstr("livekv_sessions{service=\"kvstore\"} 1"));
   EXPECT_THAT(metrics, HasSubstr("livekv_open_appends{service=\"kvstore\"} 0"));
   EXPECT_THAT(metrics, HasSubstr("livekv_pool_bytes_used{service=\"kvstore\"}"));
+  EXPECT_THAT(metrics, HasSubstr("livekv_prefetch_hit_rate{service=\"kvstore\"} 0"));
+  EXPECT_THAT(metrics, HasSubstr("livekv_cold_bytes{service=\"kvstore\"} 0"));
+}
+
+TEST_F(KvStoreServiceTest, BadChannelRequestsGetTheirCodesAndPinNothing) {
+  ASSERT_TRUE(client_->CreateSession(SmallSession("a")).ok());
+  const Rows rows = MakeRows(*FromProto(SmallSession("a").geometry()), 0, 12);
+  ASSERT_TRUE(client_->Append("a", 0, 12, rows.keys, rows.values, {}).ok());
+  const StoreLease lease = client_->AcquireLease("a", absl::Seconds(10), "x").value();
+
+  auto open = [&](const std::string& session, const std::string& lease_id, std::vector<int> want) {
+    v1::OpenChannelRequest r;
+    r.set_session_id(session);
+    r.set_lease_id(lease_id);
+    for (int w : want) r.add_want(static_cast<v1::ChannelKind>(w));
+    v1::OpenChannelResponse resp;
+    return std::make_pair(FromGrpcStatus(stub_->OpenChannel(Ctx().get(), r, &resp)), resp);
+  };
+  EXPECT_ERROR(open("nope", lease.lease_id, {}).first, kNotFound, "nope");
+  EXPECT_ERROR(open("a", "lease-nope", {}).first, kNotFound, "lease-nope");
+  EXPECT_ERROR(open("a", lease.lease_id, {1, 7}).first, kInvalidArgument, "want[1]: 7");
+  EXPECT_ERROR(open("a", lease.lease_id, {0}).first, kInvalidArgument, "want[0]: 0");
+  // A store without a data plane offers no direct channel, and says why.
+  const auto [ok, offer] = open("a", lease.lease_id, {});
+  ASSERT_TRUE(ok.ok()) << ok;
+  EXPECT_FALSE(offer.has_shm());
+  EXPECT_FALSE(offer.has_ucx());
+  EXPECT_THAT(offer.shm_unavailable(), HasSubstr("without a data plane"));
+  EXPECT_EQ(offer.geometry().head_dim(), 8);
+
+  auto resolve = [&](const std::string& lease_id, int layer, int head, std::vector<int64_t> pages,
+                     std::vector<int32_t> clusters) {
+    v1::ResolveBlocksRequest r;
+    r.set_session_id("a");
+    r.set_lease_id(lease_id);
+    v1::BlockSet* set = r.add_blocks();
+    set->set_layer(layer);
+    set->set_kv_head(head);
+    for (int64_t p : pages) set->add_pages(p);
+    for (int32_t c : clusters) set->add_clusters(c);
+    v1::ResolveBlocksResponse resp;
+    return FromGrpcStatus(stub_->ResolveBlocks(Ctx().get(), r, &resp));
+  };
+  EXPECT_ERROR(resolve("lease-nope", 0, 0, {4}, {}), kNotFound, "lease-nope");
+  EXPECT_ERROR(resolve(lease.lease_id, 9, 0, {4}, {}), kInvalidArgument, "9");
+  EXPECT_ERROR(resolve(lease.lease_id, 0, 5, {4}, {}), kInvalidArgument, "5");
+  EXPECT_ERROR(resolve(lease.lease_id, 0, 0, {4}, {3}), kInvalidArgument, "cluster");
+  EXPECT_ERROR(resolve(lease.lease_id, 0, 0, {4, 400}, {}), kNotFound, "400");
+  v1::StatsResponse st = client_->Stats().value();
+  EXPECT_EQ(st.pinned_runs(), 0);  // a failed resolve pins nothing, not even the blocks before the bad one
+  EXPECT_EQ(st.resolved_blocks(), 0);
+
+  ASSERT_TRUE(resolve(lease.lease_id, 0, 0, {4, 8}, {}).ok());
+  EXPECT_EQ(client_->Stats()->pinned_runs(), 2);
+  ASSERT_TRUE(client_->ReleaseLease(lease).ok());
+  st = client_->Stats().value();
+  EXPECT_EQ(st.pinned_runs(), 0);
+  EXPECT_EQ(st.pinned_bytes(), 0);
 }
 
 }  // namespace
