@@ -1,5 +1,6 @@
 #include "services/channels/shm_kv_channel.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -74,9 +75,7 @@ absl::StatusOr<std::unique_ptr<ShmKvChannel>> ShmKvChannel::Open(KvStoreClient* 
 
 absl::Status ShmKvChannel::Fetch(const std::vector<BlockDestination>& blocks, int64_t* bytes_out) {
   ++stats_.fetches;
-  auto T0 = std::chrono::steady_clock::now();
   LIVEKV_RETURN_IF_ERROR(locator_.Locate(blocks, &locations_, &stats_));
-  auto T1 = std::chrono::steady_clock::now();
   const uint8_t* arena = arena_->data();
   const uint64_t* generations = reinterpret_cast<const uint64_t*>(generations_->data());
   int64_t bytes = 0;
@@ -97,20 +96,17 @@ absl::Status ShmKvChannel::Fetch(const std::vector<BlockDestination>& blocks, in
       break;
     }
   }
-  auto T2 = std::chrono::steady_clock::now();
-  auto T3 = T2;
   if (stale == blocks.size()) {
     pieces_.clear();
     for (size_t i = 0; i < blocks.size(); ++i) {
       PlanRunCopy(layout_, locations_[i], blocks[i].destination, &pieces_);
       bytes += static_cast<int64_t>(blocks[i].destination.size());
     }
-    T3 = std::chrono::steady_clock::now();
+    // In pool order: the reads then walk the arena forwards (the hardware prefetchers follow), whatever order
+    // the blocks were asked in.
+    std::sort(pieces_.begin(), pieces_.end(), [](const CopyPiece& a, const CopyPiece& b) { return a.src < b.src; });
     for (const CopyPiece& p : pieces_) std::memcpy(p.dst, arena + p.src, p.bytes);
   }
-  auto T4 = std::chrono::steady_clock::now();
-  auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-  fprintf(stderr, "locate %.2f checks %.2f plan %.2f copy %.2f ms (%zu pieces)\n", ms(T0, T1), ms(T1, T2), ms(T2, T3), ms(T3, T4), pieces_.size());
   GenerationReaderFence();
   for (size_t i = 0; i < blocks.size() && stale == blocks.size(); ++i) {
     if (LoadGenerationRelaxed(&generations[locations_[i].first_page]) != locations_[i].generation) stale = i;
