@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "absl/container/flat_hash_set.h"
+
 #include "common/status_macros.h"
 
 namespace livekv {
@@ -13,8 +15,8 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
-RemoteBlockFetcher::RemoteBlockFetcher(SequenceKv* mirror, std::unique_ptr<KvChannel> channel)
-    : mirror_(mirror), channel_(std::move(channel)), remote_tokens_(mirror->num_tokens()) {
+RemoteBlockFetcher::RemoteBlockFetcher(SequenceKv* mirror, std::unique_ptr<KvChannel> channel, const Options& options)
+    : mirror_(mirror), channel_(std::move(channel)), options_(options), remote_tokens_(mirror->num_tokens()) {
   const KvGeometry& g = mirror->geometry();
   for (int32_t l = 0; l < g.num_layers; ++l) {
     for (int32_t h = 0; h < g.num_kv_heads; ++h) remote_clusters_.push_back(mirror->head(l, h).num_clusters());
@@ -117,7 +119,27 @@ absl::Status RemoteBlockFetcher::WaitFor(uint64_t job_id) {
   return error_;
 }
 
+void RemoteBlockFetcher::ForgetUnselected(const SequenceKv& kv, int32_t layer, const LayerSelection& selection) {
+  absl::flat_hash_set<Key> selected;
+  for (int32_t h = 0; h < static_cast<int32_t>(selection.heads.size()); ++h) {
+    for (const BlockRef& b : kv.SelectedBlocks(layer, h, selection.heads[h])) selected.insert(KeyOf(layer, h, b));
+  }
+  absl::MutexLock lock(&mu_);
+  // Only present blocks (state 0) go: a block a job is still recalling keeps its entry until the job is done.
+  // Nothing reads a forgotten block before it is recalled again (attention reads only the current selection).
+  for (auto it = state_.begin(); it != state_.end();) {
+    const bool forget = std::get<0>(it->first) == layer && it->second == 0 && !selected.contains(it->first) &&
+                        std::get<2>(it->first) != static_cast<int>(BlockRef::Kind::kSink);
+    if (forget) {
+      state_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+}
+
 absl::Status RemoteBlockFetcher::EnsureResident(const SequenceKv& kv, int32_t layer, const LayerSelection& sel) {
+  if (options_.resident_selection_only) ForgetUnselected(kv, layer, sel);
   std::vector<uint64_t> waiting_on;
   LIVEKV_ASSIGN_OR_RETURN(uint64_t job, Queue(kv, layer, sel, &waiting_on, /*count_demand=*/true));
   for (uint64_t j : waiting_on) job = std::max(job, j);

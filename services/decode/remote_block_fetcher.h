@@ -16,6 +16,7 @@
 #include <memory>
 #include <thread>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -37,8 +38,17 @@ struct FetchStats {
 
 class RemoteBlockFetcher : public BlockFetcher {
  public:
+  struct Options {
+    // Keep only what each layer attends now: at a layer's EnsureResident, its present remote blocks outside the
+    // selection are forgotten (recalled again when selected again), as a device cache holding one budget per layer
+    // would. Off: a recalled block stays for the whole call (what the CPU mirror affords).
+    bool resident_selection_only = false;
+  };
+
   // `mirror` is the freshly loaded, index-only mirror; borrowed, it must outlive this. `channel` moves the bytes.
-  RemoteBlockFetcher(SequenceKv* mirror, std::unique_ptr<KvChannel> channel);
+  RemoteBlockFetcher(SequenceKv* mirror, std::unique_ptr<KvChannel> channel, const Options& options);
+  RemoteBlockFetcher(SequenceKv* mirror, std::unique_ptr<KvChannel> channel)
+      : RemoteBlockFetcher(mirror, std::move(channel), Options{}) {}
   ~RemoteBlockFetcher() override;  // drains the recall thread
 
   // Recalls the sink and positional pages of every head now (before local tokens are appended into the last
@@ -68,10 +78,13 @@ class RemoteBlockFetcher : public BlockFetcher {
   absl::StatusOr<uint64_t> Queue(const SequenceKv& kv, int32_t layer, const LayerSelection& selection,
                                  std::vector<uint64_t>* waiting_on, bool count_demand);
   absl::Status WaitFor(uint64_t job_id);
+  // Forgets the present remote blocks of `layer` that `selection` does not name (Options::resident_selection_only).
+  void ForgetUnselected(const SequenceKv& kv, int32_t layer, const LayerSelection& selection);
   void RecallLoop();
 
   SequenceKv* const mirror_;
   std::unique_ptr<KvChannel> channel_;
+  const Options options_;
   const int64_t remote_tokens_;
   std::vector<int32_t> remote_clusters_;  // [layer * kv_heads + head]
 
