@@ -41,7 +41,7 @@ def encode(text):
     return list(text.encode("utf-8"))
 
 
-def make_batch(seed, batch, length):
+def make_batch(seed, batch, length, families=FAMILIES):
     """`batch` documents of at most `length` tokens (BOS + prompt + answer + EOS), padded; runs in a worker."""
     rng = random.Random(seed)
     ids = torch.full((batch, length), PAD, dtype=torch.long)
@@ -49,7 +49,7 @@ def make_batch(seed, batch, length):
     for b in range(batch):
         n_bytes = rng.randint(length // 2, length - 160)
         while True:
-            prompt, answer = synthetic_tasks.make_document(rng, n_bytes, families=FAMILIES)
+            prompt, answer = synthetic_tasks.make_document(rng, n_bytes, families=families)
             toks = [BOS] + encode(prompt) + encode(answer) + [EOS]
             if len(toks) <= length:
                 break
@@ -146,6 +146,8 @@ def main():
     ap.add_argument("--intermediate", type=int, default=768)
     ap.add_argument("--rope_theta", type=float, default=500000.0)
     ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--family_weights", default="1,1,1,1,1",
+                    help="integer sampling weights of " + ",".join(FAMILIES) + " (e.g. to dwell on the harder ones)")
     ap.add_argument("--init", help="a model directory to start from (an earlier training stage) instead of random")
     ap.add_argument("--eval_dir", default="models/tiny/eval")
     ap.add_argument("--eval_docs", type=int, default=20, help="documents per evaluation file")
@@ -176,6 +178,10 @@ def main():
         state = ck["state"]
         print(f"resumed at step {state['step']}, {state['seconds']:.0f}s of {args.total_seconds:.0f}s", flush=True)
     state["calls"] += 1
+    weights = [int(w) for w in args.family_weights.split(",")]
+    if len(weights) != len(FAMILIES) or min(weights) < 0 or sum(weights) == 0:
+        ap.error(f"--family_weights needs {len(FAMILIES)} non-negative integers, saw {args.family_weights!r}")
+    families = tuple(f for f, w in zip(FAMILIES, weights) for _ in range(w))
     rng = random.Random(f"{args.seed}-{state['step']}")
     pool = multiprocessing.get_context("spawn").Pool(args.workers)
     pending = []  # (length, batch, async result), requested ahead so generation overlaps the GPU
@@ -185,7 +191,7 @@ def main():
         length = curriculum_length(frac, rng, args.min_len, args.max_len)
         batch = max(1, args.batch_tokens // length)
         seed = rng.getrandbits(63)
-        pending.append((length, batch, pool.apply_async(make_batch, (seed, batch, length))))
+        pending.append((length, batch, pool.apply_async(make_batch, (seed, batch, length, families))))
 
     first_step = state["step"]
     t_call = time.time()
@@ -253,7 +259,8 @@ def main():
     with open(os.path.join(args.out, "train_log.json"), "w") as f:
         json.dump({"parameters": params, "steps": state["step"], "train_seconds": round(state["seconds"], 1),
                    "calls": state["calls"], "eval_seconds": round(time.time() - t_eval, 1),
-                   "init": args.init, "families": list(FAMILIES), "min_len": args.min_len, "max_len": args.max_len,
+                   "init": args.init, "families": list(FAMILIES),
+                   "family_weights": weights, "min_len": args.min_len, "max_len": args.max_len,
                    "batch_tokens": args.batch_tokens, "lr": args.lr,
                    "rope_theta": rope_theta,
                    "torch": torch.__version__,
