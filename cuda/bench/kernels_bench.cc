@@ -255,8 +255,10 @@ void Run() {
         DecodeKernel kernel;
         int stages;
         const char* tag;
+        bool pdl = false;  // programmatic dependent launch, as the engine launches it
       };
-      for (const Variant& v : {Variant{DecodeKernel::kMma, 0, ""}, Variant{DecodeKernel::kMma, 2, "_st2"},
+      for (const Variant& v : {Variant{DecodeKernel::kMma, 0, ""}, Variant{DecodeKernel::kMma, 0, "_pdl", true},
+                               Variant{DecodeKernel::kMma, 2, "_st2"},
                                Variant{DecodeKernel::kMma, 4, "_st4"}, Variant{DecodeKernel::kMmaRowLoads, 0, "_rowloads"},
                                Variant{DecodeKernel::kPipelined, 0, "_pipelined"},
                                Variant{DecodeKernel::kPipelined, 2, "_pipelined_st2"},
@@ -264,6 +266,7 @@ void Run() {
         const int occ = std::max(1, DecodeCtasPerSm(d, hq / hkv, v.stages, v.kernel));
         std::vector<UploadedPlan> plans;
         for (const ContextKv& c : cs) plans.push_back(plan_for({&c}, occ, 64));
+        ScopedPdl pdl(v.pdl);
         decode_case(absl::StrFormat("decode_dense%s_onerun_b1%s", ctx, v.tag), plans, 1, tokens, v.kernel, false, v.stages);
       }
     }

@@ -11,7 +11,8 @@
 //                          formula), computed by every CTA from the raw x;
 //   prologue kGemvSwiGlu   x = bf16(silu(gate) * up) from gate_up [2k] (SwiGluKernel's formula);
 //   x_out                  CTA 0 also stores the prologue's x (what the unfused op would have written);
-//   residual               residual[j] = bf16(residual[j] + bf16(y[j])) (AddKernel's formula), and y is still stored.
+//   residual               residual[j] = bf16(residual[j] + bf16(y[j])) (AddKernel's formula), and y is still stored;
+//   RoPE epilogue          the QKV projection's rows split into q, k (rotated) and v (QkvRopeKernel's formulas).
 // Programmatic dependent launch: the first kRows * kUnroll weight loads per lane are issued before
 // GridDependencyWait(), so they overlap the previous kernel's tail.
 #ifndef LIVEKV_CUDA_KERNELS_GEMV_CUH_
@@ -39,21 +40,46 @@ struct GemvParams {
   float eps = 0.0f;
   bf16* x_out = nullptr;    // [k] or null: the prologue's x, stored by CTA 0; must not alias x
   bf16* residual = nullptr; // [m] or null (bf16 output only): residual += bf16(y); must not alias x or out
+  // RoPE epilogue (GemvKernel<2, kUnroll, false, true> only): the product is one token's fused QKV projection,
+  // m = (hq + 2 hkv) * d; q [hq][d], k [hkv][d] receive the rotated heads, v [hkv][d] the rest (QkvRopeKernel's
+  // formulas, angle = float(pos) * inv_freq[i]).
+  int32_t rope_d = 0, rope_hq = 0;
+  int32_t rope_rows = 0;    // (hq + hkv) * d: rows that are rotated
+  const float* inv_freq = nullptr;
+  int64_t rope_pos = 0;
+  bf16* q = nullptr;
+  bf16* k_out = nullptr;
+  bf16* v_out = nullptr;
 };
 
 // grid: ceil(m / (8 * kRows)); block: kGemvThreads; dynamic shared memory k * 2 bytes.
-template <int kRows, int kUnroll, bool kF32Out>
+// kRopePairs (kRows = 2, bf16 output): warp j owns the rows of RoPE pair j, head * d + i and head * d + i + d / 2
+// (i < d / 2), so the epilogue can rotate them; a pair's rows are summed in the same order as in the plain kernel.
+template <int kRows, int kUnroll, bool kF32Out, bool kRopePairs = false>
 static __global__ void __launch_bounds__(kGemvThreads) GemvKernel(GemvParams p) {
+  static_assert(!kRopePairs || (kRows == 2 && !kF32Out), "RoPE pairs: two bf16 rows per warp");
   extern __shared__ __align__(16) unsigned char smem_x[];
   __shared__ float scratch[32];
   const int chunks = p.k / 8;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int row0 = (blockIdx.x * (kGemvThreads / 32) + warp) * kRows;
-  const bool active = row0 < p.m;
+  const int wid = blockIdx.x * (kGemvThreads / 32) + warp;
+  int row_of[kRows];
+  bool active;
+  if constexpr (kRopePairs) {
+    const int half = p.rope_d / 2;
+    const int head = wid / half, i = wid % half;
+    row_of[0] = head * p.rope_d + i;
+    row_of[1] = row_of[0] + half;
+    active = wid < p.m / 2;
+  } else {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) row_of[r] = wid * kRows + r;
+    active = row_of[0] < p.m;
+  }
   const uint4* rows[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
-    const int row = min(row0 + r, p.m - 1);  // rows past m repeat the last one; their sums are dropped
+    const int row = min(row_of[r], p.m - 1);  // rows past m repeat the last one; their sums are dropped
     rows[r] = reinterpret_cast<const uint4*>(p.w + static_cast<int64_t>(row) * p.k);
   }
   // The weights are not written by the previous kernel: the first step's loads go out before waiting for it.
@@ -161,10 +187,36 @@ static __global__ void __launch_bounds__(kGemvThreads) GemvKernel(GemvParams p) 
   }
 #pragma unroll
   for (int r = 0; r < kRows; ++r) acc[r] = WarpSum(acc[r]);
+  if constexpr (kRopePairs) {
+    if (lane == 0) {
+      bf16 yb[2];
+      float yf[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        yb[r] = ToBf16(acc[r] + (p.bias != nullptr ? ToFloat(p.bias[row_of[r]]) : 0.0f));
+        yf[r] = ToFloat(yb[r]);
+        if (p.out != nullptr) static_cast<bf16*>(p.out)[row_of[r]] = yb[r];
+      }
+      if (row_of[0] < p.rope_rows) {
+        const int half = p.rope_d / 2;
+        const int head = wid / half, i = wid % half;
+        float sn, cs;
+        sincosf(static_cast<float>(p.rope_pos) * p.inv_freq[i], &sn, &cs);
+        bf16* dst = head < p.rope_hq ? p.q + static_cast<int64_t>(head) * p.rope_d
+                                     : p.k_out + static_cast<int64_t>(head - p.rope_hq) * p.rope_d;
+        dst[i] = ToBf16(yf[0] * cs - yf[1] * sn);
+        dst[i + half] = ToBf16(yf[1] * cs + yf[0] * sn);
+      } else {
+        p.v_out[row_of[0] - p.rope_rows] = yb[0];
+        p.v_out[row_of[1] - p.rope_rows] = yb[1];
+      }
+    }
+    return;
+  }
   if (lane == 0) {
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      const int row = row0 + r;
+      const int row = row_of[r];
       if (row < p.m) {
         const float y = acc[r] + (p.bias != nullptr ? ToFloat(p.bias[row]) : 0.0f);
         if (kF32Out) {

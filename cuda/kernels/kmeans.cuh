@@ -27,8 +27,14 @@ struct PointsView {
   __device__ __forceinline__ const bf16* Point(int h, int64_t i) const { return data + h * head_stride + i * row_stride; }
 };
 
+// Early stop (KMeansRun with a stop fraction): control = {labels changed by the last assignment, stop}. Every
+// kernel of an iteration returns at once when control[1] is set (the launches stay, the work goes); control may be
+// null (no early stop).
+__device__ __forceinline__ bool KMeansStopped(const int32_t* control) { return control != nullptr && control[1] != 0; }
+
 // out[r] = c[r] / ||c[r]|| (a zero row stays zero), rows of `dim` fp32 -> bf16. One warp per row.
-static __global__ void NormalizeRowsKernel(const float* c, bf16* out, int64_t rows, int dim) {
+static __global__ void NormalizeRowsKernel(const float* c, bf16* out, int64_t rows, int dim, const int32_t* control) {
+  if (KMeansStopped(control)) return;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (row >= rows) return;
@@ -51,9 +57,11 @@ constexpr size_t AssignSharedBytes() {
 
 // labels[h][i] = argmax_c points(h, i) . normalized[h][c]. grid: (ceil(n / 64), heads); block 128;
 // dynamic shared memory AssignSharedBytes<kD>().
+// With control: labels that differ from the previous contents are counted into control[0].
 template <int kD>
 static __global__ void __launch_bounds__(kAssignThreads) AssignKernel(PointsView pts, const bf16* normalized, int32_t C,
-                                                               int32_t* labels) {
+                                                               int32_t* labels, int32_t* control) {
+  if (KMeansStopped(control)) return;  // uniform over the CTA
   constexpr int kStride = kD + 8;
   constexpr int kChunks = kD / 8;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -119,16 +127,36 @@ static __global__ void __launch_bounds__(kAssignThreads) AssignKernel(PointsView
     if (va > best_a || (va == best_a && ia < idx_a)) best_a = va, idx_a = ia;
     if (vb > best_b || (vb == best_b && ib < idx_b)) best_b = vb, idx_b = ib;
   }
+  int changed = 0;
   if (t == 0) {
     const int64_t ra = p0 + warp * 16 + g, rb = ra + 8;
-    if (ra < pts.n) labels[static_cast<int64_t>(h) * pts.n + ra] = idx_a;
-    if (rb < pts.n) labels[static_cast<int64_t>(h) * pts.n + rb] = idx_b;
+    int32_t* la = labels + static_cast<int64_t>(h) * pts.n + ra;
+    if (ra < pts.n) {
+      if (control != nullptr) changed += la[0] != idx_a;
+      la[0] = idx_a;
+    }
+    if (rb < pts.n) {
+      if (control != nullptr) changed += la[8] != idx_b;
+      la[8] = idx_b;
+    }
   }
+  if (control != nullptr) {
+    changed = __reduce_add_sync(0xffffffffu, changed);
+    if (lane == 0 && changed > 0) atomicAdd(&control[0], changed);
+  }
+}
+
+// After an assignment: stop when it changed at most `threshold` labels; reset the count. One thread.
+static __global__ void KMeansCheckKernel(int32_t* control, int64_t threshold) {
+  if (control[1] == 0 && control[0] <= threshold) control[1] = 1;
+  control[0] = 0;
 }
 
 // sums[h][label][:] += point, counts[h][label] += 1 (fp32 / int32 atomics); sums may be null (counts only).
 // grid: (blocks, heads); block 256 (a warp per point, grid-strided).
-static __global__ void AccumulateKernel(PointsView pts, const int32_t* labels, int32_t C, float* sums, int32_t* counts) {
+static __global__ void AccumulateKernel(PointsView pts, const int32_t* labels, int32_t C, float* sums, int32_t* counts,
+                                        const int32_t* control) {
+  if (KMeansStopped(control)) return;
   const int h = blockIdx.y;
   const int lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
@@ -144,7 +172,9 @@ static __global__ void AccumulateKernel(PointsView pts, const int32_t* labels, i
 }
 
 // centroids = sums / counts where counts > 0 (empty clusters keep their centroid). Grid-strided over heads*C*dim.
-static __global__ void DivideKernel(const float* sums, const int32_t* counts, int64_t rows, int dim, float* centroids) {
+static __global__ void DivideKernel(const float* sums, const int32_t* counts, int64_t rows, int dim, float* centroids,
+                                    const int32_t* control) {
+  if (KMeansStopped(control)) return;
   const int64_t total = rows * dim;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {

@@ -105,16 +105,16 @@ absl::Status Gemm::Fallback(const LinearArgs& a, cudaStream_t stream) {
 
 namespace {
 
-template <int kRows, int kUnroll, bool kF32>
+template <int kRows, int kUnroll, bool kF32, bool kRope = false>
 absl::Status LaunchGemvT(const kernels::GemvParams& p, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(p.k) * 2;
   const unsigned grid = static_cast<unsigned>((p.m + (kernels::kGemvThreads / 32) * kRows - 1) /
                                               ((kernels::kGemvThreads / 32) * kRows));
-  static const cudaError_t attr = cudaFuncSetAttribute(kernels::GemvKernel<kRows, kUnroll, kF32>,
+  static const cudaError_t attr = cudaFuncSetAttribute(kernels::GemvKernel<kRows, kUnroll, kF32, kRope>,
                                                        cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
   LIVEKV_RETURN_IF_ERROR(CudaStatus(attr, "cudaFuncSetAttribute(GemvKernel)"));
-  return LaunchKernel("GemvKernel", kernels::GemvKernel<kRows, kUnroll, kF32>, dim3(grid), dim3(kernels::kGemvThreads),
-                      smem, stream, p);
+  return LaunchKernel("GemvKernel", kernels::GemvKernel<kRows, kUnroll, kF32, kRope>, dim3(grid),
+                      dim3(kernels::kGemvThreads), smem, stream, p);
 }
 
 template <int kRows, int kUnroll>
@@ -148,6 +148,17 @@ absl::Status Gemm::FusedGemv(const LinearArgs& a, const GemvFusion& f, cudaStrea
   const bool f32 = a.output == GemmOutput::kF32;
   if (f.residual != nullptr && f32) return absl::InvalidArgumentError("fused gemv: a residual needs a bf16 output");
   if (a.out == nullptr && f.residual == nullptr) return absl::InvalidArgumentError("fused gemv: no output");
+  if (f.rope_head_dim != 0) {
+    const int64_t d = f.rope_head_dim;
+    if (d < 2 || d % 2 != 0 || f.rope_q_heads <= 0 || f.rope_kv_heads <= 0 ||
+        a.m != (static_cast<int64_t>(f.rope_q_heads) + 2 * f.rope_kv_heads) * d) {
+      return absl::InvalidArgumentError(absl::StrCat("fused gemv: RoPE epilogue for ", f.rope_q_heads, "/",
+                                                     f.rope_kv_heads, " heads of ", d, " does not match m ", a.m));
+    }
+    if (f32 || f.residual != nullptr || f.inv_freq == nullptr || f.q == nullptr || f.k == nullptr || f.v == nullptr) {
+      return absl::InvalidArgumentError("fused gemv: RoPE epilogue needs bf16 output, no residual, inv_freq, q, k, v");
+    }
+  }
   if ((f.x_out != nullptr && !Aligned16(f.x_out)) ||
       (f.prologue == GemvFusion::Prologue::kRmsNorm && (f.norm_weight == nullptr || !Aligned16(f.norm_weight)))) {
     return absl::InvalidArgumentError("fused gemv: x_out and the norm weight must be 16-byte aligned");
@@ -161,6 +172,19 @@ absl::Status Gemm::FusedGemv(const LinearArgs& a, const GemvFusion& f, cudaStrea
   p.eps = f.eps;
   p.x_out = f.x_out;
   p.residual = f.residual;
+  if (f.rope_head_dim != 0) {
+    p.rope_d = f.rope_head_dim;
+    p.rope_hq = f.rope_q_heads;
+    p.rope_rows = (f.rope_q_heads + f.rope_kv_heads) * f.rope_head_dim;
+    p.inv_freq = f.inv_freq;
+    p.rope_pos = f.rope_pos;
+    p.q = f.q;
+    p.k_out = f.k;
+    p.v_out = f.v;
+    // Pairs of rows. Each lane sums its chunks in ascending order whatever kRows and kUnroll, so y is the plain
+    // kernel's, bit for bit.
+    return LaunchGemvT<2, 4, false, true>(p, stream);
+  }
   return LaunchGemvFor(p, f32, stream);
 }
 

@@ -57,6 +57,17 @@ struct GemvFusion {
   __nv_bfloat16* x_out = nullptr;     // [k] or null: receives x' (what the unfused op writes); must not alias x
   __nv_bfloat16* residual = nullptr;  // [m] or null: residual = bf16(residual + bf16(y)) (cuda::AddInPlace's
                                       // formula), bf16 output only; out (may then be null) still receives y
+  // RoPE epilogue (cuda::SplitQkvRope's formulas for one token at position rope_pos): with rope_head_dim > 0 the
+  // product is the fused QKV projection, m = (rope_q_heads + 2 rope_kv_heads) * rope_head_dim; q [hq][d] and
+  // k [hkv][d] receive the rotated heads, v [hkv][d] the rest; out (may be null) still receives y. bf16 output, no
+  // residual; q, k, v must not alias x, out or each other. inv_freq: device fp32 [d / 2].
+  int32_t rope_head_dim = 0;
+  int32_t rope_q_heads = 0, rope_kv_heads = 0;
+  const float* inv_freq = nullptr;
+  int64_t rope_pos = 0;
+  __nv_bfloat16* q = nullptr;
+  __nv_bfloat16* k = nullptr;
+  __nv_bfloat16* v = nullptr;
 };
 
 class Gemm {
@@ -79,7 +90,8 @@ class Gemm {
   // Whether Linear(args) runs the GEMV kernel.
   bool UsesGemv(const LinearArgs& args) const;
   // The product with fusions. INVALID_ARGUMENT unless UsesGemv(args) (k is the product's width; with kSwiGlu, x
-  // holds 2k values), for a residual with fp32 output, or for misaligned fusion operands. The GEMV kernels launch
+  // holds 2k values), for a residual with fp32 output, for misaligned fusion operands, or for a RoPE epilogue whose
+  // shape does not match m. The GEMV kernels launch
   // with programmatic dependent launch where the calling thread enabled it (cuda/runtime/launch.h).
   absl::Status FusedGemv(const LinearArgs& args, const GemvFusion& fusion, cudaStream_t stream);
   int64_t gemv_calls() const { return gemv_calls_; }

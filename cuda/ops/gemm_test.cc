@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda/ops/elementwise.h"
 #include "cuda/runtime/launch.h"
 #include "cuda/testing/test_util.h"
 
@@ -214,6 +215,90 @@ TEST_F(GemmTest, FusedGemvMatchesReference) {
   mis.prologue = GemvFusion::Prologue::kSwiGlu;
   mis.x_out = o.get() + 1;
   EXPECT_EQ(gemm.FusedGemv({x.get(), 1, 32, wt.get(), 8, nullptr, o.get(), GemmOutput::kBf16}, mis, stream()).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+// The RoPE epilogue against the unfused pair it replaces (the plain GEMV, then SplitQkvRope, itself tested against
+// engine/rope.h in elementwise_test): q, k, v and the stored qkv bit for bit, on Llama-3-8B's shape and odd ones.
+TEST_F(GemmTest, FusedGemvRopeMatchesSplitQkvRope) {
+  auto blas = BlasHandle::Create();
+  ASSERT_TRUE(blas.ok()) << blas.status();
+  Gemm gemm(&*blas);
+  std::mt19937 rng(13);
+  struct Case {
+    int32_t hq, hkv, d;
+    int64_t k, pos;
+    bool norm, bias;
+  };
+  const Case cases[] = {{32, 8, 128, 4096, 32771, true, false}, {3, 1, 32, 104, 0, false, true},
+                        {5, 1, 64, 72, 7, true, true},           {2, 1, 6, 64, 131071, false, false},
+                        {12, 2, 128, 896, 1000003, false, true}};
+  ScopedPdl pdl(true);
+  for (const Case& c : cases) {
+    const std::string what = "rope gemv hq " + std::to_string(c.hq) + " hkv " + std::to_string(c.hkv) + " d " +
+                             std::to_string(c.d) + " k " + std::to_string(c.k);
+    const int64_t m = (int64_t{c.hq} + 2 * c.hkv) * c.d;
+    std::vector<float> x = RoundBf16(RandomFloats(c.k, &rng, -2.0f, 2.0f));
+    std::vector<float> w = RoundBf16(RandomFloats(m * c.k, &rng, -0.5f, 0.5f));
+    std::vector<float> nw = RoundBf16(RandomFloats(c.k, &rng, 0.5f, 1.5f));
+    std::vector<float> bias = RoundBf16(RandomFloats(m, &rng));
+    std::vector<float> inv_freq(c.d / 2);
+    for (int i = 0; i < c.d / 2; ++i) inv_freq[i] = std::pow(500000.0f, -2.0f * i / c.d);
+    auto dx = DeviceArray<bf16>::FromHost(ToBf16(x));
+    auto dw = DeviceArray<bf16>::FromHost(ToBf16(w));
+    auto dnw = DeviceArray<bf16>::FromHost(ToBf16(nw));
+    auto db = DeviceArray<bf16>::FromHost(ToBf16(bias));
+    auto dfreq = DeviceArray<float>::FromHost(inv_freq);
+    DeviceArray<bf16> xn(c.k), qkv(m), q(int64_t{c.hq} * c.d), k(int64_t{c.hkv} * c.d), v(int64_t{c.hkv} * c.d);
+    DeviceArray<bf16> qkv2(m), q2(q.size()), k2(k.size()), v2(v.size());
+    Sync();
+    LinearArgs a{dx.get(), 1, c.k, dw.get(), m, c.bias ? db.get() : nullptr, qkv.get(), GemmOutput::kBf16};
+    GemvFusion f;
+    if (c.norm) {
+      f.prologue = GemvFusion::Prologue::kRmsNorm;
+      f.norm_weight = dnw.get();
+      f.eps = 1e-5f;
+      f.x_out = xn.get();
+    }
+    f.rope_head_dim = c.d;
+    f.rope_q_heads = c.hq;
+    f.rope_kv_heads = c.hkv;
+    f.inv_freq = dfreq.get();
+    f.rope_pos = c.pos;
+    f.q = q.get();
+    f.k = k.get();
+    f.v = v.get();
+    ASSERT_TRUE(gemm.FusedGemv(a, f, stream()).ok()) << what;
+    // The unfused pair, from the same (normalised) input.
+    LinearArgs b = a;
+    b.x = c.norm ? xn.get() : dx.get();
+    b.out = qkv2.get();
+    ASSERT_TRUE(gemm.Linear(b, stream()).ok()) << what;
+    ASSERT_TRUE(SplitQkvRope(qkv2.get(), 1, c.hq, c.hkv, c.d, dfreq.get(), nullptr, c.pos, q2.get(), k2.get(),
+                             v2.get(), stream())
+                    .ok())
+        << what;
+    Sync();
+    EXPECT_EQ(testing::Bits(qkv.ToHost()), testing::Bits(qkv2.ToHost())) << what << ": qkv";
+    EXPECT_EQ(testing::Bits(q.ToHost()), testing::Bits(q2.ToHost())) << what << ": q";
+    EXPECT_EQ(testing::Bits(k.ToHost()), testing::Bits(k2.ToHost())) << what << ": k";
+    EXPECT_EQ(testing::Bits(v.ToHost()), testing::Bits(v2.ToHost())) << what << ": v";
+    // Nothing left poisoned (0xFFFF is a NaN).
+    for (float e : ToFloat(q.ToHost())) ASSERT_TRUE(std::isfinite(e)) << what;
+  }
+  // Rejected: a shape that does not match m, and a residual with the epilogue.
+  DeviceArray<bf16> x(64), wt(64 * 48), o(48), qb(32), kb(8), vb(8);
+  DeviceArray<float> fr(4);
+  GemvFusion f;
+  f.rope_head_dim = 8;
+  f.rope_q_heads = 4;
+  f.rope_kv_heads = 1;
+  f.inv_freq = fr.get();
+  f.q = qb.get(), f.k = kb.get(), f.v = vb.get();
+  EXPECT_EQ(gemm.FusedGemv({x.get(), 1, 64, wt.get(), 40, nullptr, o.get(), GemmOutput::kBf16}, f, stream()).code(),
+            absl::StatusCode::kInvalidArgument);
+  f.residual = o.get();
+  EXPECT_EQ(gemm.FusedGemv({x.get(), 1, 64, wt.get(), 48, nullptr, o.get(), GemmOutput::kBf16}, f, stream()).code(),
             absl::StatusCode::kInvalidArgument);
 }
 

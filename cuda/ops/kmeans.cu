@@ -18,6 +18,7 @@ struct Workspace {
   __nv_bfloat16* normalized;
   float* sums;
   int32_t* counts;
+  int32_t* control;  // [2]: labels changed by the last assignment, stop (KMeansRun's early stop)
 };
 
 Workspace Carve(void* ws, int32_t heads, int32_t C, int32_t dim) {
@@ -29,6 +30,8 @@ Workspace Carve(void* ws, int32_t heads, int32_t C, int32_t dim) {
   w.sums = reinterpret_cast<float*>(b);
   b += Align256(rows * dim * sizeof(float));
   w.counts = reinterpret_cast<int32_t*>(b);
+  b += Align256(rows * sizeof(int32_t));
+  w.control = reinterpret_cast<int32_t*>(b);
   return w;
 }
 
@@ -68,32 +71,33 @@ absl::Status CheckWorkspace(void* ws, size_t bytes, const KMeansPoints& p, int32
 
 template <int kD>
 absl::Status LaunchAssign(const kn::PointsView& v, const __nv_bfloat16* normalized, int32_t C, int32_t* labels,
-                          cudaStream_t stream) {
+                          int32_t* control, cudaStream_t stream) {
   constexpr size_t smem = kn::AssignSharedBytes<kD>();
   LIVEKV_RETURN_IF_ERROR(CudaStatus(
       cudaFuncSetAttribute(kn::AssignKernel<kD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
       "cudaFuncSetAttribute(AssignKernel)"));
   dim3 grid(static_cast<unsigned>(kn::CeilDiv(v.n, kn::kAssignRows)), static_cast<unsigned>(v.heads));
-  kn::AssignKernel<kD><<<grid, kn::kAssignThreads, smem, stream>>>(v, normalized, C, labels);
+  kn::AssignKernel<kD><<<grid, kn::kAssignThreads, smem, stream>>>(v, normalized, C, labels, control);
   return LaunchStatus("AssignKernel");
 }
 
+// control: null, or w.control for the early stop (the kernels skip their work once it says stop).
 absl::Status AssignImpl(const KMeansPoints& p, const float* centroids, int32_t C, int32_t* labels, const Workspace& w,
-                        cudaStream_t stream) {
+                        int32_t* control, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.heads) * C;
   kn::NormalizeRowsKernel<<<static_cast<unsigned>(kn::CeilDiv(rows, 8)), 256, 0, stream>>>(centroids, w.normalized,
-                                                                                           rows, p.dim);
+                                                                                           rows, p.dim, control);
   LIVEKV_RETURN_IF_ERROR(LaunchStatus("NormalizeRowsKernel"));
   const kn::PointsView v = View(p);
   switch (p.dim) {
-    case 64: return LaunchAssign<64>(v, w.normalized, C, labels, stream);
-    case 128: return LaunchAssign<128>(v, w.normalized, C, labels, stream);
-    default: return LaunchAssign<256>(v, w.normalized, C, labels, stream);
+    case 64: return LaunchAssign<64>(v, w.normalized, C, labels, control, stream);
+    case 128: return LaunchAssign<128>(v, w.normalized, C, labels, control, stream);
+    default: return LaunchAssign<256>(v, w.normalized, C, labels, control, stream);
   }
 }
 
 absl::Status CountImpl(const KMeansPoints& p, const int32_t* labels, int32_t C, float* sums, int32_t* counts,
-                       cudaStream_t stream) {
+                       const int32_t* control, cudaStream_t stream) {
   const size_t rows = static_cast<size_t>(p.heads) * C;
   if (sums != nullptr) {
     LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(sums, 0, rows * p.dim * sizeof(float), stream));
@@ -101,16 +105,16 @@ absl::Status CountImpl(const KMeansPoints& p, const int32_t* labels, int32_t C, 
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(counts, 0, rows * sizeof(int32_t), stream));
   const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>(kn::CeilDiv(p.n, 8), 1, 1024));
   kn::AccumulateKernel<<<dim3(blocks, static_cast<unsigned>(p.heads)), 256, 0, stream>>>(View(p), labels, C, sums,
-                                                                                         counts);
+                                                                                         counts, control);
   return LaunchStatus("AccumulateKernel");
 }
 
 absl::Status UpdateImpl(const KMeansPoints& p, const int32_t* labels, int32_t C, float* centroids, int32_t* sizes,
-                        const Workspace& w, cudaStream_t stream) {
-  LIVEKV_RETURN_IF_ERROR(CountImpl(p, labels, C, w.sums, w.counts, stream));
+                        const Workspace& w, const int32_t* control, cudaStream_t stream) {
+  LIVEKV_RETURN_IF_ERROR(CountImpl(p, labels, C, w.sums, w.counts, control, stream));
   const int64_t rows = static_cast<int64_t>(p.heads) * C;
   const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>(kn::CeilDiv(rows * p.dim, 256), 1, 8192));
-  kn::DivideKernel<<<blocks, 256, 0, stream>>>(w.sums, w.counts, rows, p.dim, centroids);
+  kn::DivideKernel<<<blocks, 256, 0, stream>>>(w.sums, w.counts, rows, p.dim, centroids, control);
   LIVEKV_RETURN_IF_ERROR(LaunchStatus("DivideKernel"));
   if (sizes != nullptr) {
     LIVEKV_CUDA_RETURN_IF_ERROR(
@@ -124,7 +128,7 @@ absl::Status UpdateImpl(const KMeansPoints& p, const int32_t* labels, int32_t C,
 size_t KMeansWorkspaceBytes(int32_t heads, int32_t C, int32_t dim) {
   const size_t rows = static_cast<size_t>(heads) * C;
   return Align256(rows * dim * sizeof(__nv_bfloat16)) + Align256(rows * dim * sizeof(float)) +
-         Align256(rows * sizeof(int32_t));
+         Align256(rows * sizeof(int32_t)) + 256;
 }
 
 absl::Status KMeansInitFromPoints(const KMeansPoints& p, const int32_t* rows, int32_t C, float* centroids,
@@ -141,7 +145,7 @@ absl::Status KMeansAssign(const KMeansPoints& p, const float* centroids, int32_t
   LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_assign"));
   LIVEKV_RETURN_IF_ERROR(CheckWorkspace(ws, ws_bytes, p, C, "kmeans_assign"));
   if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_assign: null centroids or labels");
-  return AssignImpl(p, centroids, C, labels, Carve(ws, p.heads, C, p.dim), stream);
+  return AssignImpl(p, centroids, C, labels, Carve(ws, p.heads, C, p.dim), nullptr, stream);
 }
 
 absl::Status KMeansUpdate(const KMeansPoints& p, const int32_t* labels, int32_t C, float* centroids, int32_t* sizes,
@@ -149,23 +153,34 @@ absl::Status KMeansUpdate(const KMeansPoints& p, const int32_t* labels, int32_t 
   LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_update"));
   LIVEKV_RETURN_IF_ERROR(CheckWorkspace(ws, ws_bytes, p, C, "kmeans_update"));
   if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_update: null centroids or labels");
-  return UpdateImpl(p, labels, C, centroids, sizes, Carve(ws, p.heads, C, p.dim), stream);
+  return UpdateImpl(p, labels, C, centroids, sizes, Carve(ws, p.heads, C, p.dim), nullptr, stream);
 }
 
 absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, float* centroids, int32_t* labels,
-                       int32_t* sizes, void* ws, size_t ws_bytes, cudaStream_t stream) {
+                       int32_t* sizes, void* ws, size_t ws_bytes, cudaStream_t stream, double stop_fraction) {
   LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_run"));
   LIVEKV_RETURN_IF_ERROR(CheckWorkspace(ws, ws_bytes, p, C, "kmeans_run"));
   if (iterations < 0) return absl::InvalidArgumentError(absl::StrCat("kmeans_run: iterations ", iterations));
   if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_run: null centroids or labels");
-  const Workspace w = Carve(ws, p.heads, C, p.dim);
-  for (int32_t it = 0; it < iterations; ++it) {
-    LIVEKV_RETURN_IF_ERROR(AssignImpl(p, centroids, C, labels, w, stream));
-    LIVEKV_RETURN_IF_ERROR(UpdateImpl(p, labels, C, centroids, nullptr, w, stream));
+  if (!(stop_fraction >= 0.0 && stop_fraction < 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("kmeans_run: stop fraction ", stop_fraction, " not in [0, 1)"));
   }
-  LIVEKV_RETURN_IF_ERROR(AssignImpl(p, centroids, C, labels, w, stream));
+  const Workspace w = Carve(ws, p.heads, C, p.dim);
+  int32_t* control = stop_fraction > 0.0 ? w.control : nullptr;
+  if (control != nullptr) LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(control, 0, 2 * sizeof(int32_t), stream));
+  const int64_t threshold = static_cast<int64_t>(stop_fraction * static_cast<double>(p.heads) * p.n);
+  for (int32_t it = 0; it < iterations; ++it) {
+    LIVEKV_RETURN_IF_ERROR(AssignImpl(p, centroids, C, labels, w, control, stream));
+    if (control != nullptr) {  // the first assignment has no previous labels to compare with: never stop there
+      kn::KMeansCheckKernel<<<1, 1, 0, stream>>>(control, it == 0 ? -1 : threshold);
+      LIVEKV_RETURN_IF_ERROR(LaunchStatus("KMeansCheckKernel"));
+    }
+    LIVEKV_RETURN_IF_ERROR(UpdateImpl(p, labels, C, centroids, nullptr, w, control, stream));
+  }
+  // Once stopped, the labels are already the assignment against the (then unchanged) centroids.
+  LIVEKV_RETURN_IF_ERROR(AssignImpl(p, centroids, C, labels, w, control, stream));
   if (sizes == nullptr) return absl::OkStatus();
-  return CountImpl(p, labels, C, nullptr, sizes, stream);
+  return CountImpl(p, labels, C, nullptr, sizes, nullptr, stream);
 }
 
 }  // namespace cuda

@@ -33,7 +33,7 @@ struct KMeansPoints {
   int32_t dim = 0;                      // 64, 128 or 256
 };
 
-// Workspace for C clusters: normalised bf16 centroids, fp32 sums and int32 counts.
+// Workspace for C clusters: normalised bf16 centroids, fp32 sums, int32 counts and the early stop's state.
 size_t KMeansWorkspaceBytes(int32_t heads, int32_t C, int32_t dim);
 
 // centroids[h][c] = point(h, rows[h][c]) as fp32. rows: device int32 [heads][C], each in [0, n).
@@ -52,8 +52,12 @@ absl::Status KMeansUpdate(const KMeansPoints& points, const int32_t* labels, int
 
 // `iterations` rounds of assign + update starting from `centroids`, then a final assign (ClusterKV's final
 // relabel): on return labels are the assignment against the returned centroids and sizes[h][c] counts them.
+// stop_fraction > 0: converged early once an assignment changes at most stop_fraction * heads * n labels from the
+// previous one (over all heads); the remaining rounds are skipped on the device (no host sync: their kernels are
+// launched and return at once), and the labels of that assignment, which match the centroids, are returned.
 absl::Status KMeansRun(const KMeansPoints& points, int32_t C, int32_t iterations, float* centroids, int32_t* labels,
-                       int32_t* sizes, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                       int32_t* sizes, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                       double stop_fraction = 0.0);
 
 }  // namespace cuda
 }  // namespace livekv

@@ -175,12 +175,58 @@ TEST_F(KMeansTest, RunRecoversSeparatedClusters) {
   std::vector<float> c = cent.ToHost();
   for (float x : c) ASSERT_TRUE(std::isfinite(x));
 
+  // With an early stop: the same exact recovery (the labels stop changing after the second assignment).
+  ASSERT_TRUE(KMeansInitFromPoints(d.View(), dinit.get(), C, cent.get(), stream()).ok());
+  labels.Poison();
+  sizes.Poison();
+  ASSERT_TRUE(
+      KMeansRun(d.View(), C, 50, cent.get(), labels.get(), sizes.get(), ws.get(), ws.size(), stream(), 1e-3).ok());
+  EXPECT_EQ(labels.ToHost(), truth);
+  EXPECT_EQ(sizes.ToHost(), std::vector<int32_t>(size_t(heads) * C, per));
+
   EXPECT_EQ(KMeansRun(d.View(), n + 1, 1, cent.get(), labels.get(), nullptr, ws.get(), ws.size(), stream()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(KMeansRun(d.View(), C, 1, cent.get(), labels.get(), nullptr, ws.get(), ws.size(), stream(), 1.0).code(),
             absl::StatusCode::kInvalidArgument);
   KMeansPoints bad = d.View();
   bad.dim = 96;
   EXPECT_EQ(KMeansAssign(bad, cent.get(), C, labels.get(), ws.get(), ws.size(), stream()).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Early stop on data without clusters (uniform points), where the labels keep changing for a while: whatever
+// iteration it stops at, the returned labels are the assignment against the returned centroids and the sizes
+// count them; with a loose threshold it stops, with none it runs every round (both end consistent).
+TEST_F(KMeansTest, RunWithEarlyStopReturnsAConsistentClustering) {
+  std::mt19937 rng(37);
+  for (double stop : {0.0, 1e-3, 0.05}) {
+    const int heads = 3, n = 997, dim = 128, C = 31;
+    Data d = MakeData(heads, n, dim, &rng);
+    std::vector<int32_t> init(size_t(heads) * C);
+    for (int h = 0; h < heads; ++h) {
+      for (int k = 0; k < C; ++k) init[size_t(h) * C + k] = (k * 31 + h) % n;
+    }
+    auto dinit = DeviceArray<int32_t>::FromHost(init);
+    DeviceArray<float> cent(size_t(heads) * C * dim);
+    DeviceArray<int32_t> labels(size_t(heads) * n), sizes(size_t(heads) * C), again(size_t(heads) * n);
+    DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(heads, C, dim));
+    ASSERT_TRUE(KMeansInitFromPoints(d.View(), dinit.get(), C, cent.get(), stream()).ok());
+    ASSERT_TRUE(
+        KMeansRun(d.View(), C, 30, cent.get(), labels.get(), sizes.get(), ws.get(), ws.size(), stream(), stop).ok());
+    ASSERT_TRUE(KMeansAssign(d.View(), cent.get(), C, again.get(), ws.get(), ws.size(), stream()).ok());
+    const std::vector<int32_t> got = labels.ToHost();
+    EXPECT_EQ(got, again.ToHost()) << "stop " << stop << ": labels are not the assignment against the centroids";
+    std::vector<int32_t> count(size_t(heads) * C, 0);
+    for (int h = 0; h < heads; ++h) {
+      for (int i = 0; i < n; ++i) {
+        const int32_t k = got[size_t(h) * n + i];
+        ASSERT_TRUE(k >= 0 && k < C) << k;
+        ++count[size_t(h) * C + k];
+      }
+    }
+    EXPECT_EQ(sizes.ToHost(), count) << "stop " << stop;
+    for (float x : cent.ToHost()) ASSERT_TRUE(std::isfinite(x));
+  }
 }
 
 }  // namespace

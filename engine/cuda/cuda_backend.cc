@@ -98,7 +98,8 @@ void CudaBackend::LaunchPending() const {
         st = cuda::SwiGlu(op.x, 1, op.k, op.out, s);
         break;
       case PendingKind::kLinear:
-        if (op.fusion.prologue != cuda::GemvFusion::Prologue::kNone || op.fusion.residual != nullptr) {
+        if (op.fusion.prologue != cuda::GemvFusion::Prologue::kNone || op.fusion.residual != nullptr ||
+            op.fusion.rope_head_dim != 0) {
           ++fused_gemv_calls_;
         }
         st = gemm_->FusedGemv(op.linear, op.fusion, s);
@@ -339,9 +340,29 @@ absl::Status CudaBackend::SplitQkvRope(TensorView qkv, int64_t pos0, const RopeT
                       absl::StrCat("[n, (Hq + 2 Hkv) * D] matching q ", ShapeToString(q.shape), " and k ",
                                    ShapeToString(k.shape), ", D = rope head_dim ", rope.head_dim));
   }
+  LIVEKV_ASSIGN_OR_RETURN(const float* inv_freq, InvFreq(rope));
+  const Pending& pd = pending_;
+  const auto overlaps = [&](const void* p) {
+    return p == static_cast<const void*>(pd.linear.x) || p == pd.linear.out || p == pd.fusion.x_out;
+  };
+  if (pd.kind == PendingKind::kLinear && qkv.dim(0) == 1 && pd.linear.out == qkv.data &&
+      pd.linear.output == cuda::GemmOutput::kBf16 && pd.linear.m == qkv.dim(1) && pd.fusion.residual == nullptr &&
+      !overlaps(q.data) && !overlaps(k.data) && !overlaps(v.data) && q.data != k.data && q.data != v.data &&
+      k.data != v.data) {
+    // The pending product is this QKV projection: split and rotate in its epilogue (qkv is still written).
+    cuda::GemvFusion& f = pending_.fusion;
+    f.rope_head_dim = static_cast<int32_t>(q.dim(2));
+    f.rope_q_heads = static_cast<int32_t>(q.dim(1));
+    f.rope_kv_heads = static_cast<int32_t>(k.dim(1));
+    f.inv_freq = inv_freq;
+    f.rope_pos = pos0;
+    f.q = q.as<bf16>();
+    f.k = k.as<bf16>();
+    f.v = v.as<bf16>();
+    return Flush();
+  }
   LIVEKV_RETURN_IF_ERROR(Flush());
   cuda::ScopedPdl pdl(options_.programmatic_launch);
-  LIVEKV_ASSIGN_OR_RETURN(const float* inv_freq, InvFreq(rope));
   return cuda::SplitQkvRope(qkv.as<bf16>(), qkv.dim(0), static_cast<int32_t>(q.dim(1)), static_cast<int32_t>(k.dim(1)),
                             static_cast<int32_t>(q.dim(2)), inv_freq, nullptr, pos0, q.as<bf16>(), k.as<bf16>(),
                             v.as<bf16>(), stream_.get());

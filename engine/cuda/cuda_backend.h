@@ -20,9 +20,10 @@
 // Decode-step fusion (options.fuse_decode_ops): for one-row inputs, RmsNorm and SwiGlu are not launched at once but
 // kept pending; a following Linear that reads their output runs them as the GEMV's prologue (the unfused output is
 // still written), and a following AddInPlace(x, y) that adds that Linear's output becomes the GEMV's residual
-// epilogue (cuda/ops/gemm.h GemvFusion). A layer's 13 kernels become 8. Anything else first launches what is
-// pending, as do stream(), CopyToHost, Synchronize and freeing a tensor, so the results are observably the same as
-// unfused (up to the norm's fp32 summation order). Programmatic dependent launch (options.programmatic_launch): the
+// epilogue, as does a following SplitQkvRope of its output (RoPE epilogue; cuda/ops/gemm.h GemvFusion). A layer's
+// 11 backend kernels become 5 (the KV context's append is its own). Anything else first launches what is pending,
+// as do stream(), CopyToHost, Synchronize and freeing a tensor, so the results are observably the same as unfused
+// (up to the norm's fp32 summation order). Programmatic dependent launch (options.programmatic_launch): the
 // kernels of this backend's ops start while their predecessor finishes (cuda/runtime/launch.h).
 //
 // Thread-safety: one thread at a time (Backend's contract). The backend must outlive every tensor it allocated.

@@ -520,7 +520,8 @@ absl::Status CudaRecallKvContext::LaunchClustering(int layer, int64_t older, cud
   LIVEKV_RETURN_IF_ERROR(km.start.Record(s));
   LIVEKV_RETURN_IF_ERROR(cuda::KMeansInitFromPoints(pts, km.init_rows.as<int32_t>(), c, km.centroids.as<float>(), s));
   LIVEKV_RETURN_IF_ERROR(cuda::KMeansRun(pts, c, o.kmeans_iterations, km.centroids.as<float>(), km.labels.as<int32_t>(),
-                                         km.sizes.as<int32_t>(), kmeans_ws_.data(), kmeans_ws_.bytes(), s));
+                                         km.sizes.as<int32_t>(), kmeans_ws_.data(), kmeans_ws_.bytes(), s,
+                                         options_.kmeans_stop_fraction));
   LIVEKV_RETURN_IF_ERROR(km.end.Record(s));
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(km.labels_host.data(), km.labels.data(), nl * 4, cudaMemcpyDeviceToHost, s));
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(km.sizes_host.data(), km.sizes.data(), nc * 4, cudaMemcpyDeviceToHost, s));

@@ -91,6 +91,10 @@ struct RecallOptions {
   int32_t cache_tokens_per_head = 0;
   RecallCopy copy = RecallCopy::kGather;
   int32_t gather_ctas = 32;  // CTAs of the gather kernel (kGather)
+  // K-means convergence: a clustering stops before policy.kmeans_iterations once an assignment changes at most
+  // this fraction of its labels (cuda::KMeansRun's stop_fraction; decided on the device, no host sync). 0: always
+  // run every iteration.
+  double kmeans_stop_fraction = 1e-3;
 };
 
 struct RecallCounters {
