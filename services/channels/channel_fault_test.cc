@@ -120,6 +120,7 @@ absl::StatusOr<SessionModel> FillSession(KvStoreClient* client, const std::strin
 }
 
 TEST(ChannelFaultTest, StoreDeathIsUnavailableOnEveryChannelAndANewChannelRecovers) {
+  if (absl::Status u = channel_testing::UcxUsable(); !u.ok()) GTEST_SKIP() << "UCX cannot create a context: " << u;
   StoreProcess store = StartStore(0, "a");
   ASSERT_GT(store.port, 0);
   std::unique_ptr<v1::KvStore::Stub> stub;
@@ -233,6 +234,7 @@ std::string ReadLine(int fd, absl::Duration timeout) {
 }
 
 TEST(ChannelFaultTest, ADeadWorkersLeaseExpiresAndItsPinnedPagesReturnToThePool) {
+  if (absl::Status u = channel_testing::UcxUsable(); !u.ok()) GTEST_SKIP() << "UCX cannot create a context: " << u;
   StoreProcess store = StartStore(0, "c");
   ASSERT_GT(store.port, 0);
   std::unique_ptr<v1::KvStore::Stub> stub;

@@ -47,6 +47,7 @@ struct Outcomes {
 };
 
 TEST(ChannelStressTest, FetchesAreExactOrAbortedUnderChurnAndLeaseExpiry) {
+  if (absl::Status u = channel_testing::UcxUsable(); !u.ok()) GTEST_SKIP() << "UCX cannot create a context: " << u;
   FakeClock clock;
   TestStoreOptions options;
   options.clock = &clock;

@@ -1,5 +1,7 @@
 #include "services/channels/channel_test_util.h"
 
+#include "services/channels/ucx.h"
+
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -260,5 +262,7 @@ std::string CheckBlock(const PageLayout& L, uint64_t tag, const IndexedBlock& bl
   }
   return "";
 }
+
+absl::Status UcxUsable() { return ucx::ClientContext().status(); }
 
 }  // namespace livekv::channel_testing

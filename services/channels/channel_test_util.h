@@ -113,6 +113,10 @@ absl::StatusOr<SessionBlocks> ReadBlocks(v1::KvStore::Stub* stub, const std::str
 std::string CheckBlock(const PageLayout& layout, uint64_t tag, const IndexedBlock& block,
                        absl::Span<const uint8_t> bytes);
 
+// OK when this process can create a UCX context (the client's, from the environment); otherwise why not. Tests
+// that need UCX skip with that reason (and only then): a machine without a usable UCX transport.
+absl::Status UcxUsable();
+
 }  // namespace livekv::channel_testing
 
 #endif  // LIVEKV_SERVICES_CHANNELS_CHANNEL_TEST_UTIL_H_

@@ -65,6 +65,7 @@ std::vector<IndexedBlock*> Subset(SessionBlocks& all, std::mt19937_64& rng, doub
 }
 
 TEST(ChannelsTest, EveryChannelReturnsTheBytesOfTheGrpcPath) {
+  if (absl::Status u = channel_testing::UcxUsable(); !u.ok()) GTEST_SKIP() << "UCX cannot create a context: " << u;
   auto t = StartStore();
   ASSERT_NE(t, nullptr);
   std::mt19937_64 rng(42);
@@ -127,7 +128,10 @@ TEST(ChannelsTest, EveryChannelReturnsTheBytesOfTheGrpcPath) {
 // Fixture: one pattern session with clusters and pages, a lease, and its blocks.
 class ChannelFixture : public ::testing::Test {
  protected:
-  void SetUp() override { Open(TestStoreOptions{}); }
+  void SetUp() override {
+    if (absl::Status u = channel_testing::UcxUsable(); !u.ok()) GTEST_SKIP() << "UCX cannot create a context: " << u;
+    Open(TestStoreOptions{});
+  }
   void Open(const TestStoreOptions& options) {
     t_ = StartStore(options);
     ASSERT_NE(t_, nullptr);
@@ -282,6 +286,7 @@ TEST_F(ChannelFixture, ChoosesShmWhereTheSegmentsOpen) {
 }
 
 TEST(ChannelChoiceTest, UcxWithoutSharedMemoryAndGrpcWithoutEither) {
+  if (absl::Status u = channel_testing::UcxUsable(); !u.ok()) GTEST_SKIP() << "UCX cannot create a context: " << u;
   std::mt19937_64 rng(5);
   const KvGeometry g = SmallGeometry(2, 1, 16, 8, DType::kBF16, 0);
   for (const auto& [shm, ucx, expected] :
