@@ -330,15 +330,17 @@ void Run() {
   std::vector<float> logits;
   {
     auto kv = Check(DenseKvCache::Create(config, gpu.get(), DType::kBF16, 64), "kv");
-    // Decode-step fusion and programmatic launch off, fusion only, then both (the default, used below).
-    for (int mode = 0; mode < 3; ++mode) {
+    // Decode-step fusion, programmatic launch and zero-copy plans all off; fusion only; fusion and programmatic
+    // launch; then all three (the default, used below).
+    for (int mode = 0; mode < 4; ++mode) {
       gpu->set_fuse_decode_ops(mode >= 1);
       gpu->set_programmatic_launch(mode >= 2);
+      gpu->set_zero_copy_plans(mode >= 3);
       logits.clear();
       const StepStats st = Decode(*model, kv.get(), &logits, 3, 20);
-      const char* tag = mode == 0 ? "_unfused_nopdl" : mode == 1 ? "_fused_nopdl" : "";
+      const char* tag = mode == 0 ? "_unfused_nopdl" : mode == 1 ? "_fused_nopdl" : mode == 2 ? "_fused_pdl_copyplans" : "";
       Report(std::string("decode_ctx0_step_ms") + tag, st.median_ms, "ms", st.median_ms / floor_ms,
-             mode == 2 ? "weight-read floor (no KV to read; fused GEMVs, programmatic launch)"
+             mode == 3 ? "weight-read floor (no KV to read; fused GEMVs, programmatic launch, zero-copy plans)"
                        : "weight-read floor (no KV to read)");
     }
   }

@@ -599,8 +599,9 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
   __shared__ float s_m[kG], s_l[kG];
   __shared__ int s_last;
 
-  GridDependencyWait();  // q comes from the previous kernel (programmatic launch); the plan from a copy before it
-  GridDependentsLaunch();
+  // The plan (device memory, or pinned host memory read zero-copy) and the KV are not written by the previous
+  // kernel: read the item and its runs before waiting for it (programmatic launch; a no-op otherwise). q, the
+  // workspace and the output only after.
   const DecodeItem item = p.items[blockIdx.x];
   const int h0 = blockIdx.y * kG;
   const int heads = min(kG, p.group - h0);
@@ -615,6 +616,8 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
     s_v[i] = r.v;
     s_pos[i] = r.first_position;
   }
+  GridDependencyWait();
+  GridDependentsLaunch();
   __syncthreads();
 
   // Q as A fragments (rows g < heads; rows g + 8 are padding): a0 = Q[g][16kk + 2t..], a2 = Q[g][16kk + 2t + 8..].

@@ -7,12 +7,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "common/thread_pool.h"
+#include "cuda/runtime/buffers.h"
 #include "cuda/runtime/launch.h"
 #include "cuda/testing/test_util.h"
 #include "engine/backend.h"
@@ -210,14 +212,22 @@ TEST_F(AttentionTest, DecodeMatchesCpuReference) {
     auto dq = DeviceArray<bf16>::FromHost(ToBf16(q_all));
     // The tensor-core kernel twice on the same workspace (its arrival counters must reset), the legacy one, the
     // pipelined one, then stage variants (they exist for head_dim 128), the row-loads variant of the tensor-core
-    // kernel (head_dim 128) and the tensor-core kernel with programmatic dependent launch.
+    // kernel (head_dim 128), the tensor-core kernel with programmatic dependent launch, and with that reading the
+    // plan zero-copy from mapped pinned host memory (CudaBackend's decode plans).
     const DecodeKernel kernels[] = {DecodeKernel::kMma,       DecodeKernel::kMma, DecodeKernel::kLegacy,
                                     DecodeKernel::kPipelined, DecodeKernel::kMma, DecodeKernel::kMma,
-                                    DecodeKernel::kPipelined, DecodeKernel::kMmaRowLoads, DecodeKernel::kMma};
-    const int stages[] = {0, 0, 0, 0, 2, 4, 2, 0, 0};
-    for (int run = 0; run < 9; ++run) {
+                                    DecodeKernel::kPipelined, DecodeKernel::kMmaRowLoads, DecodeKernel::kMma,
+                                    DecodeKernel::kMma};
+    const int stages[] = {0, 0, 0, 0, 2, 4, 2, 0, 0, 0};
+    auto host_plan = PinnedHostBuffer::Create(plan->bytes().size(), /*mapped=*/true);
+    ASSERT_TRUE(host_plan.ok()) << host_plan.status();
+    std::memcpy(host_plan->data(), plan->bytes().data(), plan->bytes().size());
+    auto host_plan_dev = host_plan->device_pointer();
+    ASSERT_TRUE(host_plan_dev.ok()) << host_plan_dev.status();
+    for (int run = 0; run < 10; ++run) {
       if (kernels[run] == DecodeKernel::kMmaRowLoads && c.d != 128) continue;
-      ScopedPdl pdl(run == 8);
+      ScopedPdl pdl(run >= 8);
+      const void* plan_ptr = run == 9 ? *host_plan_dev : static_cast<const void*>(plan_dev.get());
       DeviceArray<bf16> dout(q_all.size());
       DecodeAttentionArgs a;
       a.q = dq.get();
@@ -230,7 +240,7 @@ TEST_F(AttentionTest, DecodeMatchesCpuReference) {
       a.sliding_window = c.window;
       a.kernel = kernels[run];
       a.pipeline_stages = stages[run];
-      ASSERT_TRUE(DecodeAttention(a, *plan, plan_dev.get(), ws.get(), ws.size(), stream()).ok()) << what;
+      ASSERT_TRUE(DecodeAttention(a, *plan, plan_ptr, ws.get(), ws.size(), stream()).ok()) << what;
       float vmax = 1.0f;
       ExpectClose(ToFloat(dout.ToHost()), out_ref, 2e-3f * vmax, kBf16Eps,
                   what + " run " + std::to_string(run) + " (" + std::to_string(plan->num_items()) + " items)");

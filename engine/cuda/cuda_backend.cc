@@ -453,7 +453,12 @@ absl::Status CudaBackend::Attention(const AttentionArgs& args) {
     LIVEKV_ASSIGN_OR_RETURN(cuda::KvPlan plan,
                             cuda::KvPlan::Create(ctxs, hkv, d, decode_plan_options(d, hq / hkv),
                                                  window ? absl::MakeConstSpan(qpos) : absl::Span<const int64_t>()));
-    LIVEKV_ASSIGN_OR_RETURN(void* plan_dev, ring_->Upload(plan.bytes().data(), plan.bytes().size(), stream_.get()));
+    const void* plan_dev = nullptr;
+    if (options_.zero_copy_plans) {
+      LIVEKV_ASSIGN_OR_RETURN(plan_dev, ring_->Stage(plan.bytes().data(), plan.bytes().size(), stream_.get()));
+    } else {
+      LIVEKV_ASSIGN_OR_RETURN(plan_dev, ring_->Upload(plan.bytes().data(), plan.bytes().size(), stream_.get()));
+    }
     LIVEKV_RETURN_IF_ERROR(EnsureDecodeWorkspace(cuda::DecodeWorkspaceBytes(plan.num_items(), hq / hkv, d)));
     cuda::DecodeAttentionArgs a;
     a.q = args.q.as<bf16>();

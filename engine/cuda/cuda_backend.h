@@ -67,6 +67,9 @@ struct CudaBackendOptions {
   bool fuse_decode_ops = true;
   // Programmatic dependent launch of this backend's kernels (Hopper); benchmarks switch it off.
   bool programmatic_launch = true;
+  // Decode attention reads its per-call plan from pinned host memory (UploadRing::Stage) instead of a copy in the
+  // stream, so nothing but kernels lies between the RoPE and attention launches; benchmarks switch it off.
+  bool zero_copy_plans = true;
 };
 
 class CudaBackend : public Backend {
@@ -111,6 +114,7 @@ class CudaBackend : public Backend {
   // Switch decode-step fusion and programmatic launch from the next call on (benchmarks).
   void set_fuse_decode_ops(bool on);
   void set_programmatic_launch(bool on) { options_.programmatic_launch = on; }
+  void set_zero_copy_plans(bool on) { options_.zero_copy_plans = on; }
   // GEMV launches that carried a fused prologue or residual (tests and benchmarks).
   int64_t fused_gemv_calls() const { return fused_gemv_calls_; }
 

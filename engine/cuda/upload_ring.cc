@@ -14,7 +14,9 @@ absl::StatusOr<std::unique_ptr<UploadRing>> UploadRing::Create(size_t bytes, int
   }
   std::unique_ptr<UploadRing> r(new UploadRing());
   r->chunk_bytes_ = bytes / chunks / 256 * 256;
-  LIVEKV_ASSIGN_OR_RETURN(r->host_, cuda::PinnedHostBuffer::Create(r->chunk_bytes_ * chunks));
+  LIVEKV_ASSIGN_OR_RETURN(r->host_, cuda::PinnedHostBuffer::Create(r->chunk_bytes_ * chunks, /*mapped=*/true));
+  LIVEKV_ASSIGN_OR_RETURN(void* host_dev, r->host_.device_pointer());  // Stage's addresses (= host's under UVA)
+  r->host_device_ = static_cast<uint8_t*>(host_dev);
   LIVEKV_ASSIGN_OR_RETURN(r->device_, cuda::DeviceBuffer::Create(r->chunk_bytes_ * chunks));
   for (int i = 0; i < chunks; ++i) {
     LIVEKV_ASSIGN_OR_RETURN(cuda::Event e, cuda::Event::Create());
@@ -24,6 +26,15 @@ absl::StatusOr<std::unique_ptr<UploadRing>> UploadRing::Create(size_t bytes, int
 }
 
 absl::StatusOr<void*> UploadRing::Upload(const void* src, size_t bytes, cudaStream_t stream) {
+  return Put(src, bytes, stream, /*copy=*/true);
+}
+
+absl::StatusOr<const void*> UploadRing::Stage(const void* src, size_t bytes, cudaStream_t stream) {
+  LIVEKV_ASSIGN_OR_RETURN(void* p, Put(src, bytes, stream, /*copy=*/false));
+  return static_cast<const void*>(p);
+}
+
+absl::StatusOr<void*> UploadRing::Put(const void* src, size_t bytes, cudaStream_t stream, bool copy) {
   const size_t n = (bytes + 255) / 256 * 256;
   if (n > chunk_bytes_) {
     ++oversized_;
@@ -36,8 +47,8 @@ absl::StatusOr<void*> UploadRing::Upload(const void* src, size_t bytes, cudaStre
     return big_.data();
   }
   if (offset_ + n > chunk_bytes_) {
-    // Leave this chunk: its copies complete when this event does. Enter the next one once its previous copies
-    // (recorded when the ring last left it) have completed.
+    // Leave this chunk: its copies (and the kernels reading its pinned bytes) complete when this event does. Enter
+    // the next one once its previous users (recorded when the ring last left it) have completed.
     LIVEKV_RETURN_IF_ERROR(chunk_done_[chunk_].Record(stream));
     chunk_ = (chunk_ + 1) % static_cast<int>(chunk_done_.size());
     offset_ = 0;
@@ -47,8 +58,9 @@ absl::StatusOr<void*> UploadRing::Upload(const void* src, size_t bytes, cudaStre
   uint8_t* h = host_.as<uint8_t>() + at;
   uint8_t* d = device_.as<uint8_t>() + at;
   std::memcpy(h, src, bytes);
-  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream));
   offset_ += n;
+  if (!copy) return static_cast<void*>(host_device_ + at);
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream));
   return static_cast<void*>(d);
 }
 

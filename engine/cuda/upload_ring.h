@@ -35,6 +35,11 @@ class UploadRing {
   // Copies `bytes` bytes from host `src` (any host memory; it is staged) to device memory, enqueued on `stream`,
   // and returns the device address (256-byte aligned).
   absl::StatusOr<void*> Upload(const void* src, size_t bytes, cudaStream_t stream);
+  // Like Upload, but no copy: returns the pinned staging address, which kernels enqueued on `stream` read directly
+  // (zero-copy over PCIe: the staging memory is mapped; its device address) until the ring wraps
+  // around to it. For small data read once per launch (decode plans): no copy in the stream, so nothing between two
+  // kernels. Oversized data takes Upload's slow path (a device address).
+  absl::StatusOr<const void*> Stage(const void* src, size_t bytes, cudaStream_t stream);
 
   size_t chunk_bytes() const { return chunk_bytes_; }
   // Uploads that took the slow path (larger than a chunk).
@@ -42,8 +47,10 @@ class UploadRing {
 
  private:
   UploadRing() = default;
+  absl::StatusOr<void*> Put(const void* src, size_t bytes, cudaStream_t stream, bool copy);
 
-  cuda::PinnedHostBuffer host_;
+  cuda::PinnedHostBuffer host_;  // mapped
+  uint8_t* host_device_ = nullptr;  // host_'s device-side address
   cuda::DeviceBuffer device_;
   cuda::DeviceBuffer big_;  // the slow path's buffer
   std::vector<cuda::Event> chunk_done_;
