@@ -2,7 +2,8 @@
 // then ReapOnce), in a small pool whose pages are reused all the time, while reader threads fetch through the
 // shared-memory and UCX channels and keep fetching after their leases end. Every fetch must either return exactly
 // the session's content (checked row by row against the pattern of (session, layer, head, position)) or fail with
-// ABORTED or NOT_FOUND; never stale or torn bytes.
+// ABORTED or NOT_FOUND; never stale or torn bytes. Sessions left idle for a second of the fake clock move to the
+// store's cold tier meanwhile (their memory released) and come back when a reader leases them again.
 #include <atomic>
 #include <cstdlib>
 #include <map>
@@ -53,6 +54,9 @@ TEST(ChannelStressTest, FetchesAreExactOrAbortedUnderChurnAndLeaseExpiry) {
   options.clock = &clock;
   options.pool_bytes = size_t{3} << 20;  // 3072 pages of 1 KiB: reused constantly
   options.lease_ttl = absl::Seconds(2);
+  std::unique_ptr<ColdTier> cold = ColdTier::Create(std::getenv("TEST_TMPDIR")).value();
+  options.cold_tier = cold.get();
+  options.cold_after = absl::Seconds(1);
   auto started = TestStore::Start(options);
   ASSERT_TRUE(started.ok()) << started.status();
   TestStore& t = **started;
@@ -209,7 +213,7 @@ TEST(ChannelStressTest, FetchesAreExactOrAbortedUnderChurnAndLeaseExpiry) {
   const absl::Time at_least = absl::Now() + absl::Seconds(6);
   while (absl::Now() < deadline && failures.load() == 0 &&
          (absl::Now() < at_least || shm.ok < 200 || ucx.ok < 50 || shm.after_expiry_aborted < 5 ||
-          ucx.after_expiry_aborted < 2)) {
+          ucx.after_expiry_aborted < 2 || t.store().Stats().demoted_runs < 20)) {
     absl::SleepFor(absl::Milliseconds(50));
   }
   stop.store(true);
@@ -233,6 +237,10 @@ TEST(ChannelStressTest, FetchesAreExactOrAbortedUnderChurnAndLeaseExpiry) {
   const StoreStats st = t.store().Stats();
   EXPECT_EQ(st.leases, 0);
   EXPECT_EQ(st.pinned_runs, 0);
+  EXPECT_GT(st.demoted_runs, 0);  // the cold tier took part, and the fetches above stayed exact
+  std::printf("cold tier: %lld runs demoted, %lld promoted on demand, %lld prefetched (%lld hits)\n",
+              static_cast<long long>(st.demoted_runs), static_cast<long long>(st.prefetch_misses),
+              static_cast<long long>(st.prefetched_runs), static_cast<long long>(st.prefetch_hits));
 }
 
 }  // namespace

@@ -35,6 +35,8 @@ absl::StatusOr<std::unique_ptr<TestStore>> TestStore::Start(const TestStoreOptio
   SessionStore::Options so;
   so.pool_bytes = options.pool_bytes;
   so.default_lease_ttl = options.lease_ttl;
+  so.cold_tier = options.cold_tier;
+  so.cold_after = options.cold_after;
   t->store_ = std::make_unique<SessionStore>(so, options.clock != nullptr ? options.clock : Clock::Real(),
                                              t->arena_.get());
   DataPlane::Options po;

@@ -24,6 +24,7 @@
 #include "common/shm/shm_arena.h"
 #include "proto/livekv/v1/kvstore.grpc.pb.h"
 #include "services/channels/kv_channel.h"
+#include "services/kvstore/cold_tier.h"
 #include "services/kvstore/data_plane.h"
 #include "services/kvstore/kvstore_client.h"
 #include "services/kvstore/kvstore_service.h"
@@ -38,6 +39,8 @@ struct TestStoreOptions {
   ShmArena::Prefault prefault = ShmArena::Prefault::kSync;
   Clock* clock = nullptr;  // null: the real clock
   absl::Duration lease_ttl = absl::Seconds(30);
+  ColdTier* cold_tier = nullptr;  // borrowed: SessionStore::Options::cold_tier
+  absl::Duration cold_after = absl::InfiniteDuration();
 };
 
 class TestStore {
