@@ -14,6 +14,13 @@
 // The tier never decides when a run may be demoted: the caller guarantees that nobody reads the run between Demote
 // and Promote (the store: the session's lock, no lease, no Recall in flight).
 //
+// Not with pinned readers. Releasing a run's memory gives its pages back to the system, and the promotion (and any
+// later owner of the pages) writes fresh ones. A reader that pinned the arena's old pages for DMA (an RDMA memory
+// registration without on-demand paging, cudaHostRegister of a worker's shared-memory mapping) keeps reading the old
+// pages, so it would see stale bytes once the run is reused — under unchanged generations, since the generation
+// table is not released. Enable a cold tier only where readers copy through their mappings (the CPU shm channel,
+// UCX over TCP); livekv_kvstore leaves it off unless --cold_dir is given.
+//
 // Thread-safety: thread-safe; Demote and Promote of one key are serialised (a concurrent Promote waits for the
 // first, then finds the run hot).
 #ifndef LIVEKV_SERVICES_KVSTORE_COLD_TIER_H_

@@ -9,8 +9,9 @@
 // UCX reads UCX_TLS / UCX_NET_DEVICES from the environment: set UCX_NET_DEVICES=lo to stay on loopback). At start
 // the store removes segments that crashed stores left in /dev/shm (--shm_remove_stale).
 //
-// Tiers (session_store.h, "Tiers and prefetch"): a session idle for --cold_after_ms has its cluster runs spilled to a
-// file in --cold_dir and their memory released; prefetch and requests bring them back.
+// Tiers (session_store.h, "Tiers and prefetch"), with --cold_dir: a session idle for --cold_after_ms has its cluster
+// runs spilled to a file there and their memory released; prefetch and requests bring them back. Off by default:
+// see cold_tier.h for why it must stay off where readers pin the arena.
 //
 // SIGTERM or SIGINT: stop accepting calls, give in-flight calls --shutdown_grace_ms to finish, exit 0.
 #include <csignal>
@@ -55,8 +56,10 @@ ABSL_FLAG(std::string, shm_prefault, "background",
 ABSL_FLAG(std::string, shm_prefix, "livekv", "shared-memory segment names start with /<prefix>-<pid>-");
 ABSL_FLAG(bool, shm_remove_stale, true, "at start, remove /dev/shm segments of this prefix whose creator is gone");
 ABSL_FLAG(bool, ucx, true, "serve the pools to UCX (RMA) readers; off, or if UCX cannot start: shm and gRPC only");
-ABSL_FLAG(std::string, cold_dir, "/var/tmp",
-          "directory of the cold tier's (unlinked) spill file; \"\": no cold tier (every run stays in memory)");
+ABSL_FLAG(std::string, cold_dir, "",
+          "directory of the cold tier's (unlinked) spill file; \"\" (the default): no cold tier, every run stays in "
+          "memory. Not with readers that pin the arena's pages (RDMA registration, cudaHostRegister of a worker's "
+          "mapping): services/kvstore/cold_tier.h");
 ABSL_FLAG(int64_t, cold_after_ms, 600000,
           "idle time (no lease, no append) after which a session's cluster runs move to the cold tier");
 ABSL_FLAG(std::string, ucx_transports, "", "UCX_TLS for the store's UCX context (\"\": the environment's)");
