@@ -130,7 +130,6 @@ RgbImage RenderAccuracyPlot(const std::vector<PlotPanel>& panels, const std::vec
       }
     }
   }
-  canvas.Text(4, 4, "accuracy vs kv budget", kBlack);
   // Legend: the dashed line, then one swatch per series, as many to a row as fit.
   const int legend_top = kPlotTop + kPlotHeight + 40;
   canvas.Line(PanelLeft(0), legend_top + 4, PanelLeft(0) + 20, legend_top + 4, kBlack, 1, 4);
