@@ -128,7 +128,9 @@ TEST(FaultTest, DecodeKilledMidAnswerFailsOverAndTheSessionIsIntact) {
   std::string seen;
   auto r = c2->Generate(req, [&](const sdk::Piece& p) {
     seen += p.text;
-    if (++pieces == 1) EXPECT_TRUE((*cluster)->Kill("decode", SIGKILL).ok());
+    if (++pieces == 1) {
+      EXPECT_TRUE((*cluster)->Kill("decode", SIGKILL).ok());
+    }
   });
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->retries, 1);
