@@ -55,12 +55,11 @@ TEST_F(PolicyEvalTest, ClusterKvWithABudgetCoveringTheContextIsFullAttention) {
       for (size_t i = 1; i < r.size(); ++i) EXPECT_EQ(r[i].answer, r[0].answer) << configs[i].policy;
       // Every token is attended, in cluster order rather than positional: the logits differ only by the order of
       // the fp32 sums.
-      EXPECT_LT(r[1].output_error, 1e-5);
-      EXPECT_NEAR(r[1].attention_mass, 1.0, 1e-6);
-      // Speculative recall attends the previous step's selection; at this budget it can still miss a token that
-      // arrived since (seen: mass 0.9988 on vartrack_1024 #1), which changes the logits slightly, not the answer.
-      EXPECT_GT(r[2].attention_mass, 0.99);
-      EXPECT_LT(r[2].output_error, 1e-3);
+      // Speculative recall attends the previous step's selection plus the clusters formed since, so every token too.
+      for (size_t i = 1; i < r.size(); ++i) {
+        EXPECT_LT(r[i].output_error, 1e-5) << configs[i].policy;
+        EXPECT_NEAR(r[i].attention_mass, 1.0, 1e-6) << configs[i].policy;
+      }
     }
   }
 }

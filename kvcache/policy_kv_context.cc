@@ -50,11 +50,11 @@ PolicyKvContext::PolicyKvContext(const ModelConfig& config, std::unique_ptr<Sequ
                                  std::unique_ptr<KvPolicy> policy)
     : config_(config),
       kv_(std::move(kv)),
+      speculation_(config.num_layers),
       policy_(std::move(policy)),
       sparse_prefill_(policy_->options().sparse_prefill),
       counters_(config.num_layers),
-      previous_clusters_(static_cast<size_t>(config.num_layers) * config.num_kv_heads),
-      speculation_(config.num_layers) {}
+      previous_clusters_(static_cast<size_t>(config.num_layers) * config.num_kv_heads) {}
 
 absl::StatusOr<std::unique_ptr<PolicyKvContext>> PolicyKvContext::Create(const ModelConfig& config,
                                                                          const PolicyOptions& options,
@@ -167,7 +167,13 @@ absl::Status PolicyKvContext::SelectSpeculative(int32_t layer, const ChunkQuerie
       if (corrected) {
         ++c.corrections;
       } else {
-        sel->heads[h].clusters = spec.selection.heads[h].clusters;
+        // Clusters formed since (ids are appended) hold tokens that were in the recent window, so attended, when
+        // the previous selection was made: they stay attended.
+        std::vector<int32_t>& clusters = sel->heads[h].clusters;
+        clusters = spec.selection.heads[h].clusters;
+        for (int32_t id = spec.clusters_before[h]; id < kv_->head(layer, h).num_clusters(); ++id) {
+          clusters.push_back(id);
+        }
       }
     }
   }
@@ -177,6 +183,10 @@ absl::Status PolicyKvContext::SelectSpeculative(int32_t layer, const ChunkQuerie
   spec.valid = true;
   spec.selection = fresh;
   spec.q.assign(q.q, q.q + static_cast<int64_t>(q.num_heads) * q.head_dim);
+  spec.clusters_before.resize(sel->heads.size());
+  for (int32_t h = 0; h < static_cast<int32_t>(sel->heads.size()); ++h) {
+    spec.clusters_before[h] = kv_->head(layer, h).num_clusters();
+  }
   if (fetcher_ != nullptr) LIVEKV_RETURN_IF_ERROR(fetcher_->Prefetch(*kv_, layer, fresh));
   return absl::OkStatus();
 }

@@ -124,7 +124,8 @@ class PolicyKvContext : public KvContext {
   struct Speculation {
     bool valid = false;
     LayerSelection selection;
-    std::vector<float> q;  // [num_heads][head_dim]
+    std::vector<float> q;                  // [num_heads][head_dim]
+    std::vector<int32_t> clusters_before;  // per KV head: its cluster count when `selection` was made
   };
   absl::Status SelectSpeculative(int32_t layer, const ChunkQueries& q, LayerSelection* sel);
 

@@ -190,7 +190,9 @@ TEST_F(TrainedModelTest, WholeContextBudgetSelectsEveryTokenAndMatchesFull) {
       ASSERT_TRUE(model_->transformer->Forward({&next, 1}, kv.get(), false, &l).ok());
       for (int layer = 0; layer < 4; ++layer) EXPECT_DOUBLE_EQ(kv->counters()[layer].mean_mass(), 1.0);
     }
-    if (kind == PolicyKind::kClusterKv) EXPECT_GT(kv->sequence().head(2, 0).num_clusters(), 0);
+    if (kind == PolicyKind::kClusterKv) {
+      EXPECT_GT(kv->sequence().head(2, 0).num_clusters(), 0);
+    }
     logits[i++] = l;
   }
   // The same tokens are attended; only the order of accumulation differs (clusters are stored by topic).
@@ -220,6 +222,34 @@ TEST_F(TrainedModelTest, SpeculationWithEveryHeadCorrectedIsSynchronousRecall) {
     EXPECT_EQ(a.counters[layer].correction_checks, 0);
   }
   for (int layer : {0, 1}) EXPECT_EQ(b.counters[layer].correction_checks, 0);  // dense layers
+}
+
+TEST_F(TrainedModelTest, SpeculationWithAWholeContextBudgetAttendsEveryTokenAcrossReclustering) {
+  // Pure speculation (never corrected) reuses the previous step's cluster list. Clusters formed in between from
+  // tokens that left the recent window were attended through the window when that list was made, so they must
+  // still be attended: with a budget covering the whole context every step covers all of the attention mass.
+  const EvalDoc doc = ReadEvalDoc("models/tiny/eval/passkey_1024.jsonl", 3).value();
+  PolicyOptions o = Options(PolicyKind::kClusterKv, 8192);
+  o.speculative = true;
+  o.correction_threshold = -1.0f;
+  o.window = 32;
+  o.cluster_window = 64;  // decode re-clusters every 64 generated tokens
+  o.window_clusters = 2;
+  const std::vector<int32_t> prompt = ByteIds(doc.prompt, true);
+  HostAllocator host;
+  const int steps = 200;
+  auto pool = CreateKvPagePool(model_->config, o, prompt.size() + steps + 16, &host).value();
+  auto kv = PolicyKvContext::Create(model_->config, o, pool.get(), nullptr).value();
+  std::vector<float> l;
+  ASSERT_TRUE(model_->transformer->Forward(prompt, kv.get(), false, &l).ok());
+  const int32_t clusters_after_prefill = kv->sequence().head(2, 0).num_clusters();
+  for (int step = 0; step < steps; ++step) {
+    const int32_t next = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+    ASSERT_TRUE(model_->transformer->Forward({&next, 1}, kv.get(), false, &l).ok());
+    for (int layer : {2, 3}) ASSERT_DOUBLE_EQ(kv->counters()[layer].mean_mass(), 1.0) << "step " << step;
+  }
+  EXPECT_GT(kv->sequence().head(2, 0).num_clusters(), clusters_after_prefill);  // decode did re-cluster
+  EXPECT_EQ(kv->counters()[2].corrections, 0);
 }
 
 TEST_F(TrainedModelTest, SpeculationReusesThePreviousSelectionForStableQueries) {
