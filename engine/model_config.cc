@@ -112,7 +112,7 @@ absl::Status ParseRopeScaling(const Json& obj, absl::string_view source, absl::s
 absl::Status ParseTokenIds(const Json& obj, absl::string_view source, ModelConfig* config) {
   FieldReader r(obj, source);
   if (r.Has("bos_token_id")) {
-    int64_t bos;
+    int64_t bos = 0;
     LIVEKV_RETURN_IF_ERROR(r.Int("bos_token_id", &bos, true));
     config->bos_token_id = static_cast<int32_t>(bos);
   }

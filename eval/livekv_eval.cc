@@ -9,8 +9,8 @@
 // (one row per task, length, policy, budget) and accuracy_vs_budget.png (accuracy over the tasks against budget,
 // one panel per length).
 //
-//   bazel run -c opt //eval:livekv_eval -- --out_dir=/tmp/eval --lengths=2048,4096 --docs=20 \
-//       --pytorch=models/tiny/eval_pytorch.json
+//   bazel run -c opt //eval:livekv_eval -- --out_dir=/tmp/eval --lengths=2048,4096 --docs=20
+//       --pytorch=models/tiny/eval_pytorch.json   (one command line)
 #include <chrono>
 #include <cstdio>
 #include <filesystem>

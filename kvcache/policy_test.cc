@@ -32,7 +32,10 @@ class SyntheticKv {
     for (int t = 0; t < kTopics; ++t) {
       std::vector<float> d(kDim);
       float norm = 0;
-      for (float& x : d) norm += (x = n(rng_)) * x;
+      for (float& x : d) {
+        x = n(rng_);
+        norm += x * x;
+      }
       for (float& x : d) x /= std::sqrt(norm);
       topics_.push_back(d);
     }

@@ -73,7 +73,9 @@ class SequenceKvTest : public ::testing::Test {
           ASSERT_EQ(k[c], want_k) << "position " << positions[i];
           ASSERT_EQ(v[c], want_v) << "position " << positions[i];
         }
-        if (r.first_position >= 0) ASSERT_EQ(r.first_position + row, positions[i]);
+        if (r.first_position >= 0) {
+          ASSERT_EQ(r.first_position + row, positions[i]);
+        }
       }
     }
   }

@@ -122,12 +122,16 @@ TEST_F(E2eTest, AnswersEqualTheInProcessEngineTokenForToken) {
     const std::string label = absl::StrCat(PolicyKindName(kind), c.sparse_prefill ? " (question retrieves)" : "",
                                            c.speculative ? absl::StrCat(" speculative, tau ", c.tau) : "");
     EXPECT_EQ(a.ids, want) << label;
-    if (!c.speculative || c.tau > 0) EXPECT_EQ(a.text, doc.answer) << label;
+    if (!c.speculative || c.tau > 0) {
+      EXPECT_EQ(a.text, doc.answer) << label;
+    }
     EXPECT_EQ(a.last.finish_reason(), "eos");
     EXPECT_GT(a.last.timings().recall_bytes(), 0);
     // When the question retrieves too, decode recalls a fraction of the session (dense layers 0-1 read it all).
     const int64_t session_bytes = cluster_->store_client().GetSession(session->session_id())->bytes();
-    if (c.sparse_prefill) EXPECT_LT(a.last.timings().recall_bytes(), session_bytes * 3 / 4) << label;
+    if (c.sparse_prefill) {
+      EXPECT_LT(a.last.timings().recall_bytes(), session_bytes * 3 / 4) << label;
+    }
   }
 }
 
