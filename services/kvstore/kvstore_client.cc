@@ -16,6 +16,18 @@ namespace {
 // AppendKv messages stay below this (the server accepts up to 16 MiB).
 constexpr size_t kAppendMessageBytes = size_t{4} << 20;
 
+// Adds `requests` to a ResolveBlocks or Recall request as block sets, in the order given (so locations and recalled
+// bytes follow the blocks of `requests`); returns the number of blocks.
+template <typename Request>
+size_t AddBlockSets(const std::vector<KvStoreClient::BlockRequest>& requests, Request* request) {
+  size_t blocks = 0;
+  for (const KvStoreClient::BlockRequest& r : requests) {
+    for (v1::BlockSet& set : ToBlockSets(r.layer, r.kv_head, r.blocks)) *request->add_blocks() = std::move(set);
+    blocks += r.blocks.size();
+  }
+  return blocks;
+}
+
 }  // namespace
 
 KvStoreClient::KvStoreClient(std::shared_ptr<grpc::Channel> channel, absl::Duration timeout)
@@ -112,12 +124,7 @@ absl::StatusOr<v1::ResolveBlocksResponse> KvStoreClient::ResolveBlocks(const std
   request.set_session_id(session_id);
   request.set_lease_id(lease.lease_id);
   request.set_version(version);
-  size_t blocks = 0;
-  for (const BlockRequest& r : requests) {
-    // ToBlockSets keeps the order given, so locations follow the blocks of `requests`.
-    for (v1::BlockSet& set : ToBlockSets(r.layer, r.kv_head, r.blocks)) *request.add_blocks() = std::move(set);
-    blocks += r.blocks.size();
-  }
+  const size_t blocks = AddBlockSets(requests, &request);
   v1::ResolveBlocksResponse response;
   LIVEKV_RETURN_IF_ERROR(FromGrpcStatus(stub_->ResolveBlocks(&context, request, &response)));
   if (static_cast<size_t>(response.locations_size()) != blocks) {
@@ -240,12 +247,7 @@ absl::Status KvStoreClient::RecallInto(const std::string& session_id, const Stor
   request.set_session_id(session_id);
   request.set_lease_id(lease.lease_id);
   request.set_version(version);
-  size_t blocks = 0;
-  for (const BlockRequest& r : requests) {
-    // ToBlockSets keeps the order given, so response bytes follow `destinations`.
-    for (v1::BlockSet& set : ToBlockSets(r.layer, r.kv_head, r.blocks)) *request.add_blocks() = std::move(set);
-    blocks += r.blocks.size();
-  }
+  const size_t blocks = AddBlockSets(requests, &request);
   if (blocks != destinations.size()) {
     return absl::InvalidArgumentError(absl::StrCat("recall of ", blocks, " blocks into ", destinations.size(),
                                                    " destinations"));
