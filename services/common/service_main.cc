@@ -6,10 +6,31 @@
 
 #include <grpc/grpc.h>
 
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/rpc/server.h"
 
+ABSL_FLAG(std::string, port_file, "", "If set, the bound gRPC port is written here once serving.");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:0", "Address of the Prometheus /metrics endpoint (empty: none).");
+ABSL_FLAG(std::string, metrics_port_file, "", "If set, the bound metrics port is written here.");
+ABSL_FLAG(int64_t, shutdown_grace_ms, 5000, "On SIGTERM/SIGINT, how long in-flight calls may take to finish.");
+
 namespace livekv {
+
+absl::StatusOr<ServeOptions> ServeOptionsFromFlags(const std::string& listen) {
+  ServeOptions options;
+  options.listen = listen;
+  options.port_file = absl::GetFlag(FLAGS_port_file);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.metrics_port_file = absl::GetFlag(FLAGS_metrics_port_file);
+  options.shutdown_grace_ms = absl::GetFlag(FLAGS_shutdown_grace_ms);
+  if (options.shutdown_grace_ms < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--shutdown_grace_ms must be >= 0, saw ", options.shutdown_grace_ms));
+  }
+  return options;
+}
 
 int ServeUntilSignalled(const std::string& name, const ServeOptions& options,
                         const std::vector<grpc::Service*>& services, ServiceMetrics* metrics,

@@ -10,9 +10,6 @@
 #include "services/decode/decode_service.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7103", "gRPC address to serve on (port 0: any free port).");
-ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port here.");
-ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:0", "Address for /metrics (empty: none).");
-ABSL_FLAG(std::string, metrics_port_file, "", "Write the bound metrics port here.");
 ABSL_FLAG(std::string, kvstore, "127.0.0.1:7101", "Address of the KV store.");
 ABSL_FLAG(std::string, prefill, "127.0.0.1:7102", "Address of the prefill service (one-shot prompts, append_turn).");
 ABSL_FLAG(std::string, model, "models/tiny", "Model directory.");
@@ -22,11 +19,15 @@ ABSL_FLAG(int32_t, one_shot_budget, 1024, "Token budget of one-shot prompts' tem
 ABSL_FLAG(std::string, kv_channel, "",
           "How recalled KV bytes move: \"\" (the fastest the store offers: shm on its host, else ucx, else grpc), "
           "or force shm, ucx or grpc. A channel that fails mid-call falls back to the next.");
-ABSL_FLAG(int64_t, shutdown_grace_ms, 5000, "Time in-flight calls get to finish on SIGTERM.");
 
 int main(int argc, char** argv) {
   livekv::InitLogging(argv[0]);
   absl::ParseCommandLine(argc, argv);
+  const absl::StatusOr<livekv::ServeOptions> serve = livekv::ServeOptionsFromFlags(absl::GetFlag(FLAGS_listen));
+  if (!serve.ok()) {
+    std::cerr << "livekv_decode: " << serve.status().message() << "\n";
+    return 2;
+  }
   livekv::CpuBackend backend(livekv::CpuBackendOptions{.num_threads = absl::GetFlag(FLAGS_threads)});
   const std::string dir = absl::GetFlag(FLAGS_model);
   absl::StatusOr<livekv::LoadedModel> model = livekv::LoadModel(dir, &backend);
@@ -49,8 +50,5 @@ int main(int argc, char** argv) {
   livekv::DecodeWorker worker(&*model, &backend, &store, &prefill, options);
   livekv::ServiceMetrics metrics("decode");
   livekv::DecodeService service(&worker, &metrics);
-  livekv::ServeOptions serve{absl::GetFlag(FLAGS_listen), absl::GetFlag(FLAGS_port_file),
-                             absl::GetFlag(FLAGS_metrics_listen), absl::GetFlag(FLAGS_metrics_port_file),
-                             absl::GetFlag(FLAGS_shutdown_grace_ms)};
-  return livekv::ServeUntilSignalled("livekv_decode", serve, {&service}, &metrics);
+  return livekv::ServeUntilSignalled("livekv_decode", *serve, {&service}, &metrics);
 }

@@ -38,9 +38,6 @@
 #include "services/kvstore/session_store.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7101", "gRPC address to serve on (port 0: any free port)");
-ABSL_FLAG(std::string, port_file, "", "if set, the bound gRPC port is written here once serving");
-ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:0", "address of the Prometheus /metrics endpoint; \"\" disables");
-ABSL_FLAG(std::string, metrics_port_file, "", "if set, the bound metrics port is written here");
 ABSL_FLAG(int64_t, pool_bytes, int64_t{4} << 30, "capacity of each KV page pool (one per page size), bytes");
 ABSL_FLAG(int64_t, default_ttl_seconds, 3600, "idle time after which a session expires, when it names none; 0: never");
 ABSL_FLAG(int64_t, max_sessions_per_tenant, 1000, "sessions a tenant may hold; 0: no limit");
@@ -48,7 +45,6 @@ ABSL_FLAG(int64_t, max_bytes_per_tenant, 0, "KV page bytes a tenant may hold; 0:
 ABSL_FLAG(int64_t, lease_ttl_ms, 30000, "lease lifetime when the holder names none");
 ABSL_FLAG(int64_t, append_timeout_ms, 60000, "time to commit an append when the writer names none");
 ABSL_FLAG(int64_t, reap_interval_ms, 1000, "how often expired sessions, leases and appends are removed");
-ABSL_FLAG(int64_t, shutdown_grace_ms, 5000, "on SIGTERM/SIGINT, how long in-flight calls may take to finish");
 ABSL_FLAG(bool, shm_arena, true, "keep the KV pools in POSIX shared memory, for same-host workers to map");
 ABSL_FLAG(std::string, shm_prefault, "background",
           "when to fault in a shared-memory pool: sync (before the first session of its page size is created), "
@@ -87,8 +83,7 @@ int Run() {
   for (const auto& [name, value] :
        {std::pair<const char*, int64_t>{"default_ttl_seconds", absl::GetFlag(FLAGS_default_ttl_seconds)},
         {"max_sessions_per_tenant", absl::GetFlag(FLAGS_max_sessions_per_tenant)},
-        {"max_bytes_per_tenant", absl::GetFlag(FLAGS_max_bytes_per_tenant)},
-        {"shutdown_grace_ms", absl::GetFlag(FLAGS_shutdown_grace_ms)}}) {
+        {"max_bytes_per_tenant", absl::GetFlag(FLAGS_max_bytes_per_tenant)}}) {
     if (value < 0) {
       LOG(ERROR) << "--" << name << " must be >= 0, saw " << value;
       return 2;
@@ -142,10 +137,12 @@ int Run() {
   service_options.data_plane = &data_plane;
   KvStoreService service(&store, &metrics, service_options);
   store.StartReaper(absl::Milliseconds(absl::GetFlag(FLAGS_reap_interval_ms)));
-  const ServeOptions serve{absl::GetFlag(FLAGS_listen), absl::GetFlag(FLAGS_port_file),
-                           absl::GetFlag(FLAGS_metrics_listen), absl::GetFlag(FLAGS_metrics_port_file),
-                           absl::GetFlag(FLAGS_shutdown_grace_ms)};
-  return ServeUntilSignalled("livekv_kvstore", serve, {&service}, &metrics, [&] { store.StopReaper(); });
+  const absl::StatusOr<ServeOptions> serve = ServeOptionsFromFlags(absl::GetFlag(FLAGS_listen));
+  if (!serve.ok()) {
+    LOG(ERROR) << serve.status().message();
+    return 2;
+  }
+  return ServeUntilSignalled("livekv_kvstore", *serve, {&service}, &metrics, [&] { store.StopReaper(); });
 }
 
 }  // namespace

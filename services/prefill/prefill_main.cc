@@ -9,20 +9,21 @@
 #include "services/prefill/prefill_service.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7102", "gRPC address to serve on (port 0: any free port).");
-ABSL_FLAG(std::string, port_file, "", "Write the bound gRPC port here.");
-ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:0", "Address for /metrics (empty: none).");
-ABSL_FLAG(std::string, metrics_port_file, "", "Write the bound metrics port here.");
 ABSL_FLAG(std::string, kvstore, "127.0.0.1:7101", "Address of the KV store.");
 ABSL_FLAG(std::string, model, "models/tiny", "Model directory.");
 ABSL_FLAG(std::string, model_name, "", "Name sessions use for this model (default: the directory's last part).");
 ABSL_FLAG(int32_t, threads, 0, "CPU threads (0: all).");
 ABSL_FLAG(int32_t, max_queue_per_session, 8, "Appends queued per session before RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int32_t, max_queue_total, 64, "Appends queued overall before RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int64_t, shutdown_grace_ms, 5000, "Time in-flight calls get to finish on SIGTERM.");
 
 int main(int argc, char** argv) {
   livekv::InitLogging(argv[0]);
   absl::ParseCommandLine(argc, argv);
+  const absl::StatusOr<livekv::ServeOptions> serve = livekv::ServeOptionsFromFlags(absl::GetFlag(FLAGS_listen));
+  if (!serve.ok()) {
+    std::cerr << "livekv_prefill: " << serve.status().message() << "\n";
+    return 2;
+  }
   livekv::CpuBackend backend(livekv::CpuBackendOptions{.num_threads = absl::GetFlag(FLAGS_threads)});
   const std::string dir = absl::GetFlag(FLAGS_model);
   absl::StatusOr<livekv::LoadedModel> model = livekv::LoadModel(dir, &backend);
@@ -40,8 +41,5 @@ int main(int argc, char** argv) {
   livekv::PrefillWorker worker(&*model, &backend, &store, options);
   livekv::ServiceMetrics metrics("prefill");
   livekv::PrefillService service(&worker, &metrics);
-  livekv::ServeOptions serve{absl::GetFlag(FLAGS_listen), absl::GetFlag(FLAGS_port_file),
-                             absl::GetFlag(FLAGS_metrics_listen), absl::GetFlag(FLAGS_metrics_port_file),
-                             absl::GetFlag(FLAGS_shutdown_grace_ms)};
-  return livekv::ServeUntilSignalled("livekv_prefill", serve, {&service}, &metrics);
+  return livekv::ServeUntilSignalled("livekv_prefill", *serve, {&service}, &metrics);
 }
