@@ -32,7 +32,9 @@ namespace livekv {
 struct ChannelPreference {
   std::string force;                               // "" (the fastest available), "shm", "ucx" or "grpc"
   absl::Duration ucx_timeout = absl::Seconds(10);  // UcxKvChannel::Options::timeout
-  bool populate_mappings = true;                   // ShmKvChannel::Options::populate
+  // ShmKvChannel::Options::populate. Off: a worker's first channel would otherwise fill the page tables of the whole
+  // arena (4 GiB by default: ~0.5 s in the demo's time to first token); untouched, each recalled page faults once.
+  bool populate_mappings = false;
 };
 
 // Opens a channel for `session_id` under `lease` at index `version` (as GrpcKvChannel). `store` is borrowed and must
