@@ -114,7 +114,7 @@ absl::Status PolicyKvContext::Select(int layer, TensorView q, ContextKv* ctx) {
   }
   if (!chunk_started_) {
     // A decode step is a settle point.
-    if (q.dim(0) == 1) LIVEKV_RETURN_IF_ERROR(Maintain(policy_->AtSettlePoint(*kv_)));
+    if (q.dim(0) == 1) LIVEKV_RETURN_IF_ERROR(Maintain([&] { return policy_->AtSettlePoint(*kv_); }));
     chunk_started_ = true;
   }
   const ChunkQueries queries{q.as<float>(), q.dim(0), static_cast<int32_t>(config_.num_heads),
@@ -267,18 +267,21 @@ absl::Status PolicyKvContext::Append(int layer, TensorView k, TensorView v) {
 absl::Status PolicyKvContext::Commit(int64_t n) {
   chunk_started_ = false;
   LIVEKV_RETURN_IF_ERROR(kv_->Commit(n));
-  return Maintain(policy_->AfterCommit(*kv_));
+  return Maintain([&] { return policy_->AfterCommit(*kv_); });
 }
 
 absl::Status PolicyKvContext::FinishAppend() {
   if (chunk_started_) return absl::FailedPreconditionError("FinishAppend in the middle of a chunk");
-  return Maintain(policy_->AtSettlePoint(*kv_));
+  return Maintain([&] { return policy_->AtSettlePoint(*kv_); });
 }
 
-absl::Status PolicyKvContext::Maintain(const absl::StatusOr<Maintenance>& plan) {
+absl::Status PolicyKvContext::Maintain(absl::FunctionRef<absl::StatusOr<Maintenance>()> make_plan) {
   const auto t0 = std::chrono::steady_clock::now();
-  LIVEKV_RETURN_IF_ERROR(plan.status());
-  if (plan->empty()) return absl::OkStatus();
+  const absl::StatusOr<Maintenance> plan = make_plan();  // the clustering itself (k-means) runs here
+  if (!plan.ok() || plan->empty()) {
+    maintenance_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return plan.status();
+  }
   // Blocks are about to move or be freed: no recall may still be writing into them.
   if (fetcher_ != nullptr) LIVEKV_RETURN_IF_ERROR(fetcher_->Drain());
   absl::Status s = ApplyMaintenance(kv_.get(), *plan);

@@ -16,6 +16,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/statusor.h"
 #include "common/allocator.h"
 #include "engine/kv_context.h"
@@ -117,7 +118,8 @@ class PolicyKvContext : public KvContext {
  private:
   PolicyKvContext(const ModelConfig& config, std::unique_ptr<SequenceKv> kv, std::unique_ptr<KvPolicy> policy);
   void Count(int32_t layer, const ChunkQueries& q, const LayerSelection& sel);
-  absl::Status Maintain(const absl::StatusOr<Maintenance>& plan);
+  // Plans (k-means included) and applies a maintenance step; both count in maintenance_seconds().
+  absl::Status Maintain(absl::FunctionRef<absl::StatusOr<Maintenance>()> make_plan);
   double AttentionMass(int32_t layer, int32_t head, const QueryGroup& q, const HeadSelection& sel) const;
 
   // Speculation state of one layer: the selection made with the previous decode step's query, and that query.
