@@ -154,5 +154,18 @@ std::string AllRows(const SequenceKv& kv) {
   return out;
 }
 
+NewSession SmallFullSession(const std::string& id, const KvGeometry& g) {
+  NewSession ns;
+  ns.session_id = id;
+  ns.model = "tiny";
+  ns.geometry = g;
+  ns.policy.kind = PolicyKind::kFull;
+  ns.policy.window = 4;
+  ns.policy.cluster_window = 4;
+  ns.policy.window_clusters = 1;
+  ns.policy.dense_layers.clear();
+  return ns;
+}
+
 }  // namespace testing_util
 }  // namespace livekv

@@ -12,6 +12,7 @@
 #include "absl/types/span.h"
 #include "kvcache/policy.h"
 #include "kvcache/sequence_kv.h"
+#include "services/kvstore/session_store.h"
 
 namespace livekv {
 namespace testing_util {
@@ -26,6 +27,10 @@ struct Rows {
   std::vector<std::string> values;
 };
 Rows MakeRows(const KvGeometry& g, int64_t first_position, int64_t n, uint64_t seed = 1);
+
+// A session `id` of model "tiny" with `g` and the full policy over small windows (window and cluster window 4, one
+// cluster per window, no dense layers), for tests of the store's bookkeeping.
+NewSession SmallFullSession(const std::string& id, const KvGeometry& g);
 
 // Appends `rows` to every layer of `kv` and commits.
 absl::Status AppendRows(SequenceKv* kv, const Rows& rows);

@@ -38,16 +38,7 @@ class PinsTest : public ::testing::Test {
   }
 
   std::string Create(const std::string& id) {
-    NewSession ns;
-    ns.session_id = id;
-    ns.model = "tiny";
-    ns.geometry = g_;
-    ns.policy.kind = PolicyKind::kFull;
-    ns.policy.window = 4;
-    ns.policy.cluster_window = 4;
-    ns.policy.window_clusters = 1;
-    ns.policy.dense_layers.clear();
-    return store_->CreateSession(ns).value().session_id;
+    return store_->CreateSession(testing_util::SmallFullSession(id, g_)).value().session_id;
   }
 
   // Appends n rows (positions from `from`), clustering the first `cluster_pages` positional pages of every head
