@@ -709,8 +709,18 @@ absl::Status CudaRecallKvContext::SelectNow(int layer, const void* q, int64_t cl
                                             std::vector<int32_t>* out) {
   Layer& L = *layers_[layer];
   const cudaStream_t s = backend_->stream();
+  LIVEKV_RETURN_IF_ERROR(EnqueueSelect(L, q, cluster_budget, /*slot=*/1, s));
+  const SelLayout lay = SelectLayout(hkv_, L.c);
+  out->resize(lay.bytes / 4);
+  LIVEKV_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(out->data(), select_out_[1].as<uint8_t>(), lay.bytes, cudaMemcpyDeviceToHost, s));
+  return backend_->Synchronize();
+}
+
+absl::Status CudaRecallKvContext::EnqueueSelect(Layer& L, const void* q, int64_t cluster_budget, int slot,
+                                                cudaStream_t stream) {
   const int32_t group = hq_ / hkv_;
-  uint8_t* ws = select_ws_[1].as<uint8_t>();
+  uint8_t* ws = select_ws_[slot].as<uint8_t>();
   const size_t score_ws = Align256(cuda::ScoreWorkspaceBytes(hkv_, group, L.c));
   float* pooled = reinterpret_cast<float*>(ws + score_ws);
   uint8_t* sel_ws = ws + score_ws + Align256(static_cast<size_t>(hkv_) * L.c * 4);
@@ -724,16 +734,13 @@ absl::Status CudaRecallKvContext::SelectNow(int layer, const void* q, int64_t cl
   a.blocks = L.c;
   a.pooling = Pooling(options_.policy.pooling);
   a.pooled = pooled;
-  LIVEKV_RETURN_IF_ERROR(cuda::ScoreBlocks(a, ws, score_ws, s));
+  LIVEKV_RETURN_IF_ERROR(cuda::ScoreBlocks(a, ws, score_ws, stream));
   const SelLayout lay = SelectLayout(hkv_, L.c);
-  uint8_t* o = select_out_[1].as<uint8_t>();
+  uint8_t* o = select_out_[slot].as<uint8_t>();
   cuda::SelectArgs sa{pooled, L.dev_sizes.as<int32_t>(), hkv_, L.c, std::max<int64_t>(0, cluster_budget),
                       reinterpret_cast<int32_t*>(o + lay.chosen_off), reinterpret_cast<int32_t*>(o + lay.count_off),
                       reinterpret_cast<int64_t*>(o + lay.taken_off)};
-  LIVEKV_RETURN_IF_ERROR(cuda::SelectBlocks(sa, sel_ws, cuda::SelectWorkspaceBytes(hkv_, L.c), s));
-  out->resize(lay.bytes / 4);
-  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out->data(), o, lay.bytes, cudaMemcpyDeviceToHost, s));
-  return backend_->Synchronize();
+  return cuda::SelectBlocks(sa, sel_ws, cuda::SelectWorkspaceBytes(hkv_, L.c), stream);
 }
 
 absl::Status CudaRecallKvContext::LaunchSpeculativeSelect(int layer, TensorView q, int64_t cluster_budget) {
@@ -745,29 +752,10 @@ absl::Status CudaRecallKvContext::LaunchSpeculativeSelect(int layer, TensorView 
       cudaMemcpyAsync(L.q_snap.data(), q.data, static_cast<size_t>(hq_) * d_ * 2, cudaMemcpyDeviceToDevice, cs));
   LIVEKV_RETURN_IF_ERROR(L.q_ready.Record(cs));
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(ss, L.q_ready.get(), 0));
-  const int32_t group = hq_ / hkv_;
-  uint8_t* ws = select_ws_[0].as<uint8_t>();
-  const size_t score_ws = Align256(cuda::ScoreWorkspaceBytes(hkv_, group, L.c));
-  float* pooled = reinterpret_cast<float*>(ws + score_ws);
-  uint8_t* sel_ws = ws + score_ws + Align256(static_cast<size_t>(hkv_) * L.c * 4);
-  cuda::ScoreArgs a;
-  a.q = L.q_snap.as<bf16>();
-  a.rows = 1;
-  a.heads = hkv_;
-  a.group = group;
-  a.head_dim = d_;
-  a.centroids = L.centroids.as<float>();
-  a.blocks = L.c;
-  a.pooling = Pooling(options_.policy.pooling);
-  a.pooled = pooled;
-  LIVEKV_RETURN_IF_ERROR(cuda::ScoreBlocks(a, ws, score_ws, ss));
+  LIVEKV_RETURN_IF_ERROR(EnqueueSelect(L, L.q_snap.as<bf16>(), cluster_budget, /*slot=*/0, ss));
   const SelLayout lay = SelectLayout(hkv_, L.c);
-  uint8_t* o = select_out_[0].as<uint8_t>();
-  cuda::SelectArgs sa{pooled, L.dev_sizes.as<int32_t>(), hkv_, L.c, std::max<int64_t>(0, cluster_budget),
-                      reinterpret_cast<int32_t*>(o + lay.chosen_off), reinterpret_cast<int32_t*>(o + lay.count_off),
-                      reinterpret_cast<int64_t*>(o + lay.taken_off)};
-  LIVEKV_RETURN_IF_ERROR(cuda::SelectBlocks(sa, sel_ws, cuda::SelectWorkspaceBytes(hkv_, L.c), ss));
-  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(L.spec_out.data(), o, lay.bytes, cudaMemcpyDeviceToHost, ss));
+  LIVEKV_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(L.spec_out.data(), select_out_[0].as<uint8_t>(), lay.bytes, cudaMemcpyDeviceToHost, ss));
   LIVEKV_RETURN_IF_ERROR(L.sel_done.Record(ss));
   L.armed = true;  // the worker's job is posted at Append, once the attention it must follow is enqueued
   return absl::OkStatus();

@@ -193,6 +193,10 @@ class CudaRecallKvContext : public KvContext {
   absl::Status Recall(Layer& L, const int32_t* chosen, const int32_t* count, int32_t stride, Placement* placed,
                       cudaStream_t stream, cudaEvent_t wait);
   absl::Status LaunchSpeculativeSelect(int layer, TensorView q, int64_t cluster_budget);
+  // Enqueues scoring of L's centroids with the one-row query `q` and the greedy pick under `cluster_budget` on
+  // `stream`, into select_ws_[slot] / select_out_[slot] (slot 0: the speculative select stream, 1: synchronous).
+  absl::Status EnqueueSelect(Layer& L, const void* q, int64_t cluster_budget, int slot,
+                             cudaStream_t stream);
   // A run of `pages` pinned pages (owned, never evicted) from the arenas, adding an arena when none has room.
   absl::StatusOr<uint8_t*> AllocateHostRun(uint32_t pages);
   void WorkerLoop();
