@@ -1,4 +1,4 @@
-// The CI-sized accuracy check of the committed model (models/tiny) through the C++ engine on the CPU: a few short
+// The CI-sized accuracy check of the committed model (models/tiny) through the C++ engine on the CPU: a few 2k-byte
 // documents of each trained family must be answered with full attention, and clusterkv with a budget covering the
 // whole context must give exactly the full-attention answers (and logits).
 #include "eval/policy_eval.h"
@@ -31,9 +31,9 @@ LoadedModel* PolicyEvalTest::model_ = nullptr;
 TEST_F(PolicyEvalTest, FullAttentionAnswersShortDocumentsOfEveryTrainedFamily) {
   PolicyEvaluator evaluator(model_);
   const std::vector<EvalConfig> configs = {FullConfig()};
-  for (const std::string task : {"passkey", "multikey", "vartrack"}) {
+  for (const std::string task : {"passkey", "multikey", "vartrack", "multivalue", "commonword"}) {
     int correct = 0;
-    const std::vector<EvalDoc> docs = Docs(task, 1024, 3);
+    const std::vector<EvalDoc> docs = Docs(task, 2048, 3);
     for (const EvalDoc& doc : docs) {
       const std::vector<DocResult> r = evaluator.Evaluate(doc, configs).value();
       ASSERT_EQ(r.size(), 1u);
