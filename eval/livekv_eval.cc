@@ -10,12 +10,17 @@
 // one panel per length).
 //
 //   bazel run -c opt //eval:livekv_eval -- --out_dir=/tmp/eval --lengths=2048,4096 --docs=20
-//       --pytorch=models/tiny/eval_pytorch.json   (one command line)
+//       --pytorch=models/tiny/eval_pytorch.json --jobs=2   (one command line)
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -48,7 +53,10 @@ ABSL_FLAG(std::string, policies, "full,streaming,quest,clusterkv,clusterkv+spec"
 ABSL_FLAG(std::string, budgets, "128,256,512,1024,2048", "KV budgets (tokens per layer and KV head).");
 ABSL_FLAG(std::string, out_dir, "", "Where to write accuracy.md, accuracy.csv and accuracy_vs_budget.png.");
 ABSL_FLAG(std::string, pytorch, "", "eval_pytorch.json of tools/train/train_tiny.py, for the agreement table.");
-ABSL_FLAG(int32_t, threads, 0, "CPU threads (0: all).");
+ABSL_FLAG(int32_t, jobs, 1,
+          "Documents evaluated at once, each by its own CPU backend and copy of the model (results do not depend "
+          "on it).");
+ABSL_FLAG(int32_t, threads, 0, "CPU threads of each job's backend (0: all cores divided among the jobs).");
 
 namespace livekv {
 namespace {
@@ -96,17 +104,66 @@ absl::StatusOr<std::vector<EvalConfig>> Configs(const std::string& policies, con
 
 std::string Key(const std::string& task, int32_t length) { return absl::StrCat(task, "_", length); }
 
+// One document of one task and length, and its results once evaluated.
+struct WorkItem {
+  std::string key;
+  EvalDoc doc;
+  std::vector<DocResult> results;
+};
+
+// Evaluates every item with `jobs` workers, each with its own CPU backend and model (an evaluator runs one
+// document at a time). The first error stops the workers and is returned.
+absl::Status EvaluateAll(const std::string& model_dir, int jobs, int threads_per_job,
+                         const std::vector<EvalConfig>& configs, std::vector<WorkItem>& items) {
+  std::atomic<size_t> next{0};
+  std::atomic<size_t> done{0};
+  std::mutex mu;
+  absl::Status first_error;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto worker = [&] {
+    CpuBackendOptions options;
+    options.num_threads = threads_per_job;
+    CpuBackend backend(options);
+    absl::StatusOr<LoadedModel> model = LoadModel(model_dir, &backend);
+    if (!model.ok()) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (first_error.ok()) first_error = model.status();
+      next = items.size();
+      return;
+    }
+    PolicyEvaluator evaluator(&*model);
+    for (size_t i = next++; i < items.size(); i = next++) {
+      absl::StatusOr<std::vector<DocResult>> r = evaluator.Evaluate(items[i].doc, configs);
+      std::lock_guard<std::mutex> lock(mu);
+      if (!r.ok()) {
+        if (first_error.ok()) first_error = r.status();
+        next = items.size();
+        return;
+      }
+      items[i].results = *std::move(r);
+      std::fprintf(stderr, "%s: document %zu of %zu done [%.0f s]\n", items[i].key.c_str(), ++done, items.size(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  };
+  std::vector<std::thread> workers;
+  for (int j = 0; j < jobs; ++j) workers.emplace_back(worker);
+  for (std::thread& t : workers) t.join();
+  return first_error;
+}
+
 int Run() {
   const std::string model_dir = absl::GetFlag(FLAGS_model);
-  CpuBackendOptions backend_options;
-  backend_options.num_threads = absl::GetFlag(FLAGS_threads);
-  CpuBackend backend(backend_options);
-  absl::StatusOr<LoadedModel> model = LoadModel(model_dir, &backend);
   auto fail = [](const absl::Status& s) {
     std::fprintf(stderr, "livekv_eval: %s\n", s.ToString().c_str());
     return 1;
   };
-  if (!model.ok()) return fail(model.status());
+  const int jobs = absl::GetFlag(FLAGS_jobs);
+  if (jobs < 1 || absl::GetFlag(FLAGS_threads) < 0) {
+    return fail(absl::InvalidArgumentError("--jobs must be at least 1 and --threads not negative"));
+  }
+  const int threads_per_job = absl::GetFlag(FLAGS_threads) > 0
+                                  ? absl::GetFlag(FLAGS_threads)
+                                  : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / jobs);
   absl::StatusOr<std::vector<TaskFamily>> tasks = ParseTaskFamilies(absl::GetFlag(FLAGS_tasks));
   absl::StatusOr<std::vector<int32_t>> lengths = ParseInts(absl::GetFlag(FLAGS_lengths), "lengths");
   absl::StatusOr<std::vector<int32_t>> budgets = ParseInts(absl::GetFlag(FLAGS_budgets), "budgets");
@@ -129,13 +186,9 @@ int Run() {
     }
   }
 
-  PolicyEvaluator evaluator(&*model);
-  // [task_length][config index]
-  std::map<std::string, std::vector<Cell>> cells;
-  std::map<std::string, std::vector<std::string>> full_answers;
-  std::map<std::string, std::vector<std::string>> expected;
-  std::map<std::string, double> mean_tokens;
-  const auto t0 = std::chrono::steady_clock::now();
+  // Every document first (so that the jobs share one queue), in task, length, document order.
+  std::vector<WorkItem> items;
+  std::map<std::string, size_t> docs_per_key;
   for (TaskFamily family : *tasks) {
     const std::string task(TaskFamilyName(family));
     for (int32_t length : *lengths) {
@@ -145,19 +198,26 @@ int Run() {
               ? ReadEvalDocs(absl::StrCat(absl::GetFlag(FLAGS_eval_dir), "/", key, ".jsonl"), absl::GetFlag(FLAGS_docs))
               : MakeEvalDocs(family, length, absl::GetFlag(FLAGS_docs), absl::GetFlag(FLAGS_seed));
       if (!docs.ok()) return fail(docs.status());
-      cells[key].assign(configs->size(), Cell{});
-      for (const EvalDoc& doc : *docs) {
-        absl::StatusOr<std::vector<DocResult>> r = evaluator.Evaluate(doc, *configs);
-        if (!r.ok()) return fail(r.status());
-        for (size_t c = 0; c < r->size(); ++c) cells[key][c].Add((*r)[c]);
-        full_answers[key].push_back((*r)[0].answer);
-        expected[key].push_back(doc.answer);
-        mean_tokens[key] += double((*r)[0].context_tokens) / docs->size();
-      }
-      std::fprintf(stderr, "%s: %zu documents, full %.2f  [%.0f s]\n", key.c_str(), docs->size(),
-                   cells[key][0].accuracy(),
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      docs_per_key[key] = docs->size();
+      for (EvalDoc& doc : *docs) items.push_back({key, std::move(doc), {}});
     }
+  }
+  absl::Status evaluated = EvaluateAll(model_dir, jobs, threads_per_job, *configs, items);
+  if (!evaluated.ok()) return fail(evaluated);
+  // [task_length][config index]
+  std::map<std::string, std::vector<Cell>> cells;
+  std::map<std::string, std::vector<std::string>> full_answers;
+  std::map<std::string, std::vector<std::string>> expected;
+  std::map<std::string, double> mean_tokens;
+  for (const auto& [key, n] : docs_per_key) cells[key].assign(configs->size(), Cell{});
+  for (const WorkItem& item : items) {
+    for (size_t c = 0; c < item.results.size(); ++c) cells[item.key][c].Add(item.results[c]);
+    full_answers[item.key].push_back(item.results[0].answer);
+    expected[item.key].push_back(item.doc.answer);
+    mean_tokens[item.key] += double(item.results[0].context_tokens) / docs_per_key[item.key];
+  }
+  for (const auto& [key, n] : docs_per_key) {
+    std::fprintf(stderr, "%s: %zu documents, full %.2f\n", key.c_str(), n, cells[key][0].accuracy());
   }
 
   std::string md = absl::StrFormat(
