@@ -6,8 +6,8 @@
 // (protocol: eval/policy_eval.h). It prints, and writes to --out_dir: accuracy.md (a table per task and length:
 // accuracy / attention mass covered / output error against full, per policy and budget; a summary; and, with
 // --pytorch, the agreement of the C++ full-attention answers with PyTorch's on the same documents), accuracy.csv
-// (one row per task, length, policy, budget) and accuracy_vs_budget.png (accuracy over the tasks against budget,
-// one panel per length).
+// (one row per task, length, policy, budget), accuracy_vs_budget.png (accuracy over the tasks against budget,
+// one panel per length) and answers_full.json (every document's full-attention answer and the expected one).
 //
 //   bazel run -c opt //eval:livekv_eval -- --out_dir=/tmp/eval --lengths=2048,4096 --docs=20
 //       --pytorch=models/tiny/eval_pytorch.json --jobs=2   (one command line)
@@ -44,7 +44,7 @@ ABSL_FLAG(std::string, model, "models/tiny", "Model directory (Hugging Face file
 ABSL_FLAG(std::string, eval_dir, "models/tiny/eval", "Directory of <task>_<bytes>.jsonl evaluation sets.");
 ABSL_FLAG(std::string, source, "files", "files: the evaluation sets in --eval_dir; generated: eval/tasks.h.");
 ABSL_FLAG(uint64_t, seed, 0, "Seed of --source=generated.");
-ABSL_FLAG(std::string, tasks, "passkey,multikey,vartrack",
+ABSL_FLAG(std::string, tasks, "passkey,multikey,vartrack,multivalue,commonword",
           "Task families: passkey, multikey, vartrack, multivalue, commonword.");
 ABSL_FLAG(std::string, lengths, "1024,2048,4096", "Document lengths in bytes (= tokens of the byte model).");
 ABSL_FLAG(int32_t, docs, 20, "Documents per task and length.");
@@ -347,12 +347,19 @@ int Run() {
     const RgbImage image = RenderAccuracyPlot(panels, std::vector<int>(budgets->begin(), budgets->end()));
     absl::StatusOr<std::string> png = EncodePng(image.width, image.height, image.rgb);
     if (!png.ok()) return fail(png.status());
+    // Every document's full-attention answer next to the expected one, to compare with another engine's.
+    nlohmann::json answers = nlohmann::json::object();
+    for (const auto& [key, got] : full_answers) answers[key] = {{"full", got}, {"expected", expected[key]}};
     for (const auto& [name, data] : std::vector<std::pair<std::string, std::string>>{
-             {"accuracy.md", md}, {"accuracy.csv", csv}, {"accuracy_vs_budget.png", *png}}) {
+             {"accuracy.md", md},
+             {"accuracy.csv", csv},
+             {"accuracy_vs_budget.png", *png},
+             {"answers_full.json", answers.dump(1) + "\n"}}) {
       absl::Status s = WriteFileAtomically(out_dir + "/" + name, data);
       if (!s.ok()) return fail(s);
     }
-    std::fprintf(stderr, "wrote %s/accuracy.md, accuracy.csv, accuracy_vs_budget.png\n", out_dir.c_str());
+    std::fprintf(stderr, "wrote %s/accuracy.md, accuracy.csv, accuracy_vs_budget.png, answers_full.json\n",
+                 out_dir.c_str());
   }
   return 0;
 }
