@@ -10,7 +10,8 @@
 #   dist/eval.tar.xz            all of the above: what the device tool carries
 #
 # There:  mkdir -p /tmp/ev && tar -xJf dist/eval.tar.xz -C /tmp/ev && cd /tmp/ev/eval &&
-#         bin/livekv_eval --jobs=16 --threads=1 ...
+#         LD_LIBRARY_PATH=$PWD/lib OPENBLAS_NUM_THREADS=1 bin/livekv_eval --jobs=16 --threads=1 ...
+# (RUNPATH reaches only the binary's own dependencies; the libraries' dependencies need LD_LIBRARY_PATH.)
 #
 # Usage: tools/eval/bundle_eval.sh [model_dir]     (default models/tiny)
 # Env:   BAZEL_OUTPUT_BASE (default: Bazel's), BAZEL (default bazel)
