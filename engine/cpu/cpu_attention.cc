@@ -539,7 +539,9 @@ void MergeSplits(int64_t d, int64_t mp, const std::vector<QueryState>& parts) {
   }
 }
 
-absl::Status Validate(const AttentionArgs& a) {
+}  // namespace
+
+absl::Status ValidateAttentionArgs(const AttentionArgs& a) {
   if (a.q.rank() != 3 || a.k.rank() != 3 || a.v.rank() != 3 || a.out.rank() != 3) {
     return absl::InvalidArgumentError("attention: q, k, v and out must have rank 3");
   }
@@ -584,10 +586,8 @@ absl::Status Validate(const AttentionArgs& a) {
   return absl::OkStatus();
 }
 
-}  // namespace
-
 absl::Status CpuAttention(const AttentionArgs& a, ThreadPool* pool) {
-  absl::Status valid = Validate(a);
+  absl::Status valid = ValidateAttentionArgs(a);
   if (!valid.ok()) return valid;
   Problem p;
   p.a = &a;

@@ -20,6 +20,10 @@ namespace livekv {
 // keys of each task are split among threads too and the partial softmaxes merged. Scratch is allocated per call.
 absl::Status CpuAttention(const AttentionArgs& args, ThreadPool* pool);
 
+// The checks CpuAttention makes before computing: OK, or INVALID_ARGUMENT naming what is wrong (ranks, shapes,
+// head counts, dtypes, context runs).
+absl::Status ValidateAttentionArgs(const AttentionArgs& args);
+
 }  // namespace livekv
 
 #endif  // LIVEKV_ENGINE_CPU_CPU_ATTENTION_H_

@@ -1,4 +1,5 @@
-// The CpuAttention of before the blocked kernel, verbatim but for its name (see cpu_attention_reference.h).
+// The CpuAttention of before the blocked kernel, verbatim but for its name and its validation, which it shares
+// with CpuAttention (see cpu_attention_reference.h).
 #include "engine/cpu/cpu_attention_reference.h"
 
 #include <algorithm>
@@ -6,7 +7,7 @@
 #include <limits>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
+#include "engine/cpu/cpu_attention.h"
 
 namespace livekv {
 namespace {
@@ -66,55 +67,10 @@ void AccumulateRow(float p, const RowRef& r, float* out, int64_t d) {
   }
 }
 
-absl::Status Validate(const AttentionArgs& a) {
-  if (a.q.rank() != 3 || a.k.rank() != 3 || a.v.rank() != 3 || a.out.rank() != 3) {
-    return absl::InvalidArgumentError("attention: q, k, v and out must have rank 3");
-  }
-  const int64_t n = a.q.dim(0), hq = a.q.dim(1), d = a.q.dim(2), hkv = a.k.dim(1);
-  if (a.k.shape != a.v.shape || a.k.dim(0) != n || a.k.dim(2) != d) {
-    return absl::InvalidArgumentError(absl::StrCat("attention: k ", ShapeToString(a.k.shape), " and v ",
-                                                   ShapeToString(a.v.shape), " do not match q ",
-                                                   ShapeToString(a.q.shape)));
-  }
-  if (a.out.shape != a.q.shape) {
-    return absl::InvalidArgumentError(absl::StrCat("attention: out ", ShapeToString(a.out.shape),
-                                                   " must equal q ", ShapeToString(a.q.shape)));
-  }
-  if (hkv <= 0 || hq % hkv != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("attention: query heads ", hq, " must be a multiple of KV heads ", hkv));
-  }
-  for (const TensorView* t : {&a.q, &a.k, &a.v, &a.out}) {
-    if (t->dtype != DType::kF32) return absl::InvalidArgumentError("attention: CPU tensors must be fp32");
-  }
-  if (a.context != nullptr) {
-    if (static_cast<int64_t>(a.context->heads.size()) != hkv) {
-      return absl::InvalidArgumentError(absl::StrCat("attention: context has ", a.context->heads.size(),
-                                                     " KV heads, k has ", hkv));
-    }
-    const DType t = a.context->dtype;
-    if (t != DType::kF32 && t != DType::kBF16 && t != DType::kF16) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("attention: context dtype must be a float type, saw ", DTypeName(t)));
-    }
-    for (const auto& head : a.context->heads) {
-      for (const KvRun& r : head) {
-        if (r.n < 0 || (r.n > 0 && (r.k == nullptr || r.v == nullptr))) {
-          return absl::InvalidArgumentError("attention: context run with a negative length or null rows");
-        }
-        if (a.sliding_window > 0 && r.first_position < 0) {
-          return absl::InvalidArgumentError("attention: a sliding window needs positional context runs");
-        }
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::Status ReferenceCpuAttention(const AttentionArgs& a, ThreadPool* pool) {
-  absl::Status valid = Validate(a);
+  absl::Status valid = ValidateAttentionArgs(a);
   if (!valid.ok()) return valid;
   const int64_t n = a.q.dim(0), hq = a.q.dim(1), d = a.q.dim(2), hkv = a.k.dim(1);
   const int64_t group = hq / hkv;

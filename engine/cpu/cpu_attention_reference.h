@@ -13,7 +13,7 @@
 
 namespace livekv {
 
-// REQUIRES: as CpuAttention. Validation errors are CpuAttention's, word for word.
+// REQUIRES: as CpuAttention. Validates with ValidateAttentionArgs, as CpuAttention does.
 absl::Status ReferenceCpuAttention(const AttentionArgs& args, ThreadPool* pool);
 
 }  // namespace livekv
