@@ -59,6 +59,33 @@ absl::Status AppendRows(SequenceKv* kv, const Rows& rows) {
   return kv->Commit(rows.n);
 }
 
+absl::Status AppendWithEvenOddClusters(SessionStore* store, const KvGeometry& g, const std::string& id, int64_t from,
+                                       int64_t n, int32_t cluster_pages, int64_t first_positional) {
+  const Rows rows = MakeRows(g, from, n);
+  absl::StatusOr<AppendTicket> ticket = store->BeginAppend(id, from, n, absl::ZeroDuration());
+  if (!ticket.ok()) return ticket.status();
+  for (int32_t l = 0; l < g.num_layers; ++l) {
+    absl::StatusOr<int64_t> staged = store->StageRows(ticket->append_id, l, 0, n, rows.keys[l], rows.values[l]);
+    if (!staged.ok()) return staged.status();
+  }
+  for (int32_t l = 0; l < g.num_layers && cluster_pages > 0; ++l) {
+    for (int32_t h = 0; h < g.num_kv_heads; ++h) {
+      HeadClustering c{l, h, cluster_pages, {}};
+      ClusterSpec even, odd;
+      const int64_t end = first_positional + int64_t{cluster_pages} * g.layout.page_tokens;
+      for (int64_t p = first_positional; p < end; ++p) {
+        (p % 2 == 0 ? even : odd).positions.push_back(static_cast<int32_t>(p));
+      }
+      even.centroid.assign(g.layout.head_dim, 0.5f);
+      odd.centroid.assign(g.layout.head_dim, -0.5f);
+      c.clusters = {even, odd};
+      absl::StatusOr<int64_t> staged = store->StageClustering(ticket->append_id, c);
+      if (!staged.ok()) return staged.status();
+    }
+  }
+  return store->CommitAppend(ticket->append_id).status();
+}
+
 Maintenance PlanClusterings(const SequenceKv& kv, const std::vector<int32_t>& layers, int32_t num_pages,
                             int32_t clusters) {
   Maintenance m;

@@ -35,6 +35,12 @@ NewSession SmallFullSession(const std::string& id, const KvGeometry& g);
 // Appends `rows` to every layer of `kv` and commits.
 absl::Status AppendRows(SequenceKv* kv, const Rows& rows);
 
+// One append of MakeRows(g, from, n) to session `id` of `store`, in which the `cluster_pages` positional pages from
+// position `first_positional` of every head are clustered into two clusters: even positions (centroid all 0.5)
+// and odd positions (all -0.5). No clustering when cluster_pages is 0.
+absl::Status AppendWithEvenOddClusters(SessionStore* store, const KvGeometry& g, const std::string& id, int64_t from,
+                                       int64_t n, int32_t cluster_pages, int64_t first_positional);
+
 // Plans clusterings of the oldest `num_pages` positional pages into `clusters` clusters for every head of `layers`
 // (SequenceKv::PlanClustering, seeded), as a Maintenance to send and apply.
 Maintenance PlanClusterings(const SequenceKv& kv, const std::vector<int32_t>& layers, int32_t num_pages,

@@ -46,25 +46,8 @@ class TiersTest : public ::testing::Test {
   // Appends n rows from `from`, clustering `cluster_pages` positional pages from `first_positional` of every head
   // into two clusters (even and odd positions).
   void Append(const std::string& id, int64_t from, int64_t n, int32_t cluster_pages, int64_t first_positional) {
-    const Rows rows = MakeRows(g_, from, n);
-    AppendTicket t = store_->BeginAppend(id, from, n, absl::ZeroDuration()).value();
-    for (int32_t l = 0; l < g_.num_layers; ++l) {
-      ASSERT_TRUE(store_->StageRows(t.append_id, l, 0, n, rows.keys[l], rows.values[l]).ok());
-    }
-    for (int32_t l = 0; l < g_.num_layers && cluster_pages > 0; ++l) {
-      for (int32_t h = 0; h < g_.num_kv_heads; ++h) {
-        HeadClustering c{l, h, cluster_pages, {}};
-        ClusterSpec even, odd;
-        for (int64_t p = first_positional; p < first_positional + cluster_pages * 4; ++p) {
-          (p % 2 == 0 ? even : odd).positions.push_back(static_cast<int32_t>(p));
-        }
-        even.centroid.assign(kHeadDim, 0.5f);
-        odd.centroid.assign(kHeadDim, -0.5f);
-        c.clusters = {even, odd};
-        ASSERT_TRUE(store_->StageClustering(t.append_id, c).ok());
-      }
-    }
-    ASSERT_TRUE(store_->CommitAppend(t.append_id).ok());
+    ASSERT_TRUE(
+        testing_util::AppendWithEvenOddClusters(store_.get(), g_, id, from, n, cluster_pages, first_positional).ok());
   }
 
   // Every cluster of every head: 2 layers x 2 heads x 2 clusters.
