@@ -154,6 +154,16 @@ def greedy_answers(model, sets, device):
     return out
 
 
+def evaluate(model, eval_dir, docs, device):
+    """{"eval_dir", "docs", "accuracy": {set: exact-match share}, "answers": {set: [greedy answer]}} of `model` on
+    the first `docs` documents of each <task>_<bytes>.jsonl in `eval_dir` (the format livekv_eval --pytorch reads)."""
+    sets = read_eval_sets(eval_dir, docs)
+    answers = greedy_answers(model, sets, device)
+    accuracy = {name: sum(a == d["answer"] for a, d in zip(answers[name], ds)) / max(1, len(ds))
+                for name, ds in sets.items()}
+    return {"eval_dir": eval_dir, "docs": docs, "accuracy": accuracy, "answers": answers}
+
+
 CKPT_PART_BYTES = 15 << 20  # the GPU machine returns files of at most 16 MiB
 
 
@@ -334,15 +344,11 @@ def main():
     # Evaluate exactly the saved weights, in fp32 as livekv's CPU engine computes.
     model = model.to(torch.float32)
     t_eval = time.time()
-    sets = read_eval_sets(args.eval_dir, args.eval_docs)
-    answers = greedy_answers(model, sets, device)
-    accuracy = {}
-    for name, docs in sets.items():
-        accuracy[name] = sum(a == d["answer"] for a, d in zip(answers[name], docs)) / max(1, len(docs))
+    result = evaluate(model, args.eval_dir, args.eval_docs, device)
+    accuracy = result["accuracy"]
     print("eval (fp32 from the bf16 weights, greedy, exact answer):", json.dumps(accuracy), flush=True)
     with open(os.path.join(args.out, "eval_pytorch.json"), "w") as f:
-        json.dump({"eval_dir": args.eval_dir, "docs": args.eval_docs, "accuracy": accuracy, "answers": answers}, f,
-                  indent=1)
+        json.dump(result, f, indent=1)
     with open(os.path.join(args.out, "train_log.json"), "w") as f:
         json.dump({"parameters": params, "steps": state["step"], "train_seconds": round(state["seconds"], 1),
                    "calls": state["calls"], "setup_seconds": round(state["setup_seconds"], 1),
