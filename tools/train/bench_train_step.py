@@ -12,12 +12,13 @@ then bf16) and exits non-zero if they differ by more than the bf16 tolerance. --
 kernels of one step of each forward at the first length.
 
 Usage: python3 tools/train/bench_train_step.py [--lengths 2048,8192,24576] [--batch_tokens 65536]
-           [--backends cudnn,flash] [--forwards hf,fast,compiled] [--check] [--profile]
+           [--backends cudnn,flash] [--forwards hf,fast,compiled] [--check] [--profile] [--traceback]
 """
 import argparse
 import os
 import sys
 import time
+import traceback
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +155,7 @@ def main():
     ap.add_argument("--forwards", default="hf,fast,compiled")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--traceback", action="store_true", help="the whole traceback of a backend that refuses")
     args = ap.parse_args()
     config = tiny_config()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
@@ -183,8 +185,7 @@ def main():
                         if args.profile and i == 0 and name == args.backends.split(",")[0]:
                             profile(step, f"{fwd} {name} {length}")
                 except Exception as e:  # a backend that refuses this shape
-                    if os.environ.get("BENCH_TRACEBACK"):
-                        import traceback
+                    if args.traceback:
                         traceback.print_exc()
                     print(f"{length:6d} {batch:6d} {gen:6.3f} {pad:4.2f}  {name:9s}  {fwd:8s}  refused: "
                           f"{str(e).splitlines()[0][:80]}")
