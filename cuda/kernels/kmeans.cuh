@@ -46,98 +46,171 @@ static __global__ void NormalizeRowsKernel(const float* c, bf16* out, int64_t ro
   for (int d = lane; d < dim; d += 32) out[row * dim + d] = ToBf16(x[d] * inv);
 }
 
-constexpr int kAssignRows = 64;     // points per CTA
-constexpr int kAssignCols = 64;     // centroids per tile
-constexpr int kAssignThreads = 128;
+// The assignment kernel: each warp keeps its points' A fragments in registers for the whole kernel and streams the
+// centroids through a ring of shared-memory tiles filled by cp.async (kAssignStages deep), read with ldmatrix.
+constexpr int kAssignWarps = 4;
+constexpr int kAssignThreads = kAssignWarps * 32;
+constexpr int kAssignTileCols = 64;  // centroids per shared-memory tile
+constexpr int kAssignStages = 3;
+
+template <int kD>
+struct AssignShape {
+  static constexpr int kMTiles = kD <= 128 ? 2 : 1;          // 16-point m-tiles per warp (64 A registers at most)
+  static constexpr int kRows = kAssignWarps * 16 * kMTiles;  // points per CTA
+  static constexpr int kStride = kD + 8;                     // shared row stride (bf16): conflict-free ldmatrix
+};
 
 template <int kD>
 constexpr size_t AssignSharedBytes() {
-  return 2 * static_cast<size_t>(kAssignRows) * (kD + 8) * sizeof(bf16);
+  return static_cast<size_t>(AssignShape<kD>::kRows + kAssignStages * kAssignTileCols) * (kD + 8) * sizeof(bf16);
 }
 
-// labels[h][i] = argmax_c points(h, i) . normalized[h][c]. grid: (ceil(n / 64), heads); block 128;
-// dynamic shared memory AssignSharedBytes<kD>().
+// labels[h][i] = argmax_c points(h, i) . normalized[h][c]. grid: (ceil(n / AssignShape<kD>::kRows), heads);
+// block kAssignThreads; dynamic shared memory AssignSharedBytes<kD>().
 // With control: labels that differ from the previous contents are counted into control[0].
 template <int kD>
 static __global__ void __launch_bounds__(kAssignThreads) AssignKernel(PointsView pts, const bf16* normalized, int32_t C,
-                                                               int32_t* labels, int32_t* control) {
+                                                                      int32_t* labels, int32_t* control) {
   if (KMeansStopped(control)) return;  // uniform over the CTA
-  constexpr int kStride = kD + 8;
-  constexpr int kChunks = kD / 8;
+  using Shape = AssignShape<kD>;
+  constexpr int kStride = Shape::kStride, kM = Shape::kMTiles, kK = kD / 16;
+  constexpr int kChunks = kD / 8;  // 16-byte chunks per row
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* ps = reinterpret_cast<bf16*>(smem);
-  bf16* cs = ps + kAssignRows * kStride;
+  bf16* cs = ps + Shape::kRows * kStride;
   const int h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * kAssignRows;
-
-  for (int i = tid; i < kAssignRows * kChunks; i += kAssignThreads) {
-    const int r = i / kChunks, c = i % kChunks;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (p0 + r < pts.n) val = *reinterpret_cast<const uint4*>(pts.Point(h, p0 + r) + c * 8);
-    *reinterpret_cast<uint4*>(ps + r * kStride + c * 8) = val;
-  }
-  float best_a = -INFINITY, best_b = -INFINITY;
-  int idx_a = 0, idx_b = 0;
+  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * Shape::kRows;
   const bf16* cent = normalized + static_cast<int64_t>(h) * C * kD;
-  for (int c0 = 0; c0 < C; c0 += kAssignCols) {
-    __syncthreads();
-    for (int i = tid; i < kAssignCols * kChunks; i += kAssignThreads) {
-      const int r = i / kChunks, c = i % kChunks;
-      uint4 val = make_uint4(0, 0, 0, 0);
-      if (c0 + r < C) val = *reinterpret_cast<const uint4*>(cent + static_cast<int64_t>(c0 + r) * kD + c * 8);
-      *reinterpret_cast<uint4*>(cs + r * kStride + c * 8) = val;
-    }
-    __syncthreads();
-    float s[8][4];
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      uint32_t a[4];
-      const bf16* pa = ps + (warp * 16 + g) * kStride + kk * 16 + 2 * t;
-      a[0] = LoadU32(pa);
-      a[1] = LoadU32(pa + 8 * kStride);
-      a[2] = LoadU32(pa + 8);
-      a[3] = LoadU32(pa + 8 * kStride + 8);
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const bf16* cb = cs + (nt * 8 + g) * kStride + kk * 16 + 2 * t;
-        MmaBf16(s[nt], a, LoadU32(cb), LoadU32(cb + 8));
+  const int tiles = CeilDiv(C, kAssignTileCols);
+
+  // One commit group per tile (empty past the last), so the wait counts below hold at the tail too.
+  auto load_tile = [&](int tile) {
+    if (tile < tiles) {
+      bf16* dst = cs + (tile % kAssignStages) * kAssignTileCols * kStride;
+      const int c0 = tile * kAssignTileCols;
+      for (int i = tid; i < kAssignTileCols * kChunks; i += kAssignThreads) {
+        const int r = i / kChunks, c = i % kChunks;
+        const bool in = c0 + r < C;  // rows past C are zero-filled
+        CpAsync16(dst + r * kStride + c * 8, cent + static_cast<int64_t>(in ? c0 + r : 0) * kD + c * 8, in ? 16 : 0);
       }
     }
-    // Columns are visited in increasing order per thread, so a strict > keeps the first (lowest) maximum.
+    CpAsyncCommit();
+  };
+  for (int i = tid; i < Shape::kRows * kChunks; i += kAssignThreads) {
+    const int r = i / kChunks, c = i % kChunks;
+    const bool in = p0 + r < pts.n;
+    CpAsync16(ps + r * kStride + c * 8, pts.Point(h, in ? p0 + r : 0) + c * 8, in ? 16 : 0);
+  }
+  CpAsyncCommit();
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+  for (int st = 0; st < kAssignStages - 1; ++st) load_tile(st);
+  CpAsyncWait<kAssignStages - 1>();  // the points' group
+  __syncthreads();
+
+  // A fragments (ldmatrix x4: rows 0-7 / 8-15 of the m-tile, k 0-7 / 8-15 of the k-step).
+  uint32_t a[kM][kK][4];
+  const int warp_row = warp * 16 * kM;
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int col = c0 + nt * 8 + 2 * t + e;
-        if (col < C) {
-          if (s[nt][e] > best_a) best_a = s[nt][e], idx_a = col;
-          if (s[nt][2 + e] > best_b) best_b = s[nt][2 + e], idx_b = col;
+  for (int m = 0; m < kM; ++m) {
+#pragma unroll
+    for (int kk = 0; kk < kK; ++kk) {
+      LdMatrixX4(a[m][kk], ps + (warp_row + m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kStride + kk * 16 +
+                               (lane >> 4) * 8);
+    }
+  }
+
+  float best[kM][2];
+  int idx[kM][2];
+#pragma unroll
+  for (int m = 0; m < kM; ++m) best[m][0] = best[m][1] = -INFINITY, idx[m][0] = idx[m][1] = 0;
+  // B fragments: ldmatrix x4 over n-tiles (2j, 2j + 1) of a 32-column half, k 0-7 / 8-15 of the k-step.
+  const int b_row = ((lane >> 4) * 8 + (lane & 7)) * kStride + ((lane >> 3) & 1) * 8;
+  for (int tile = 0; tile < tiles; ++tile) {
+    CpAsyncWait<kAssignStages - 2>();
+    __syncthreads();  // tile's data visible; the stage refilled next was read by every warp in the last round
+    load_tile(tile + kAssignStages - 1);
+    const bf16* cb = cs + (tile % kAssignStages) * kAssignTileCols * kStride;
+    const int c0 = tile * kAssignTileCols;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float s[kM][4][4];
+#pragma unroll
+      for (int m = 0; m < kM; ++m)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) s[m][nt][0] = s[m][nt][1] = s[m][nt][2] = s[m][nt][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < kK; ++kk) {
+        uint32_t b[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) LdMatrixX4(b[j], cb + (half * 32 + j * 16) * kStride + b_row + kk * 16);
+#pragma unroll
+        for (int m = 0; m < kM; ++m) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            MmaBf16(s[m][2 * j], a[m][kk], b[j][0], b[j][1]);
+            MmaBf16(s[m][2 * j + 1], a[m][kk], b[j][2], b[j][3]);
+          }
+        }
+      }
+      // Columns are visited in increasing order per thread, so a strict > keeps the first (lowest) maximum. A
+      // half with every column < C takes its row maxima first and searches them only when they beat the best so
+      // far (rare after the first tiles): the epilogue would otherwise cost as many instructions as the MMAs.
+      const int col0 = c0 + half * 32 + 2 * t;
+      if (c0 + half * 32 + 32 <= C) {
+#pragma unroll
+        for (int m = 0; m < kM; ++m) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            float mx = s[m][0][2 * r];
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) mx = fmaxf(mx, fmaxf(s[m][nt][2 * r], s[m][nt][2 * r + 1]));
+            if (mx > best[m][r]) {
+              best[m][r] = mx;
+#pragma unroll
+              for (int nt = 3; nt >= 0; --nt) {  // descending, so the lowest column equal to the maximum wins
+                if (s[m][nt][2 * r + 1] == mx) idx[m][r] = col0 + nt * 8 + 1;
+                if (s[m][nt][2 * r] == mx) idx[m][r] = col0 + nt * 8;
+              }
+            }
+          }
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int col = col0 + nt * 8 + e;
+            if (col < C) {
+#pragma unroll
+              for (int m = 0; m < kM; ++m) {
+                if (s[m][nt][e] > best[m][0]) best[m][0] = s[m][nt][e], idx[m][0] = col;
+                if (s[m][nt][2 + e] > best[m][1]) best[m][1] = s[m][nt][2 + e], idx[m][1] = col;
+              }
+            }
+          }
         }
       }
     }
   }
-#pragma unroll
-  for (int off = 1; off <= 2; off *= 2) {
-    const float va = __shfl_xor_sync(0xffffffffu, best_a, off), vb = __shfl_xor_sync(0xffffffffu, best_b, off);
-    const int ia = __shfl_xor_sync(0xffffffffu, idx_a, off), ib = __shfl_xor_sync(0xffffffffu, idx_b, off);
-    if (va > best_a || (va == best_a && ia < idx_a)) best_a = va, idx_a = ia;
-    if (vb > best_b || (vb == best_b && ib < idx_b)) best_b = vb, idx_b = ib;
-  }
   int changed = 0;
-  if (t == 0) {
-    const int64_t ra = p0 + warp * 16 + g, rb = ra + 8;
-    int32_t* la = labels + static_cast<int64_t>(h) * pts.n + ra;
-    if (ra < pts.n) {
-      if (control != nullptr) changed += la[0] != idx_a;
-      la[0] = idx_a;
-    }
-    if (rb < pts.n) {
-      if (control != nullptr) changed += la[8] != idx_b;
-      la[8] = idx_b;
+#pragma unroll
+  for (int m = 0; m < kM; ++m) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+#pragma unroll
+      for (int off = 1; off <= 2; off *= 2) {
+        const float v = __shfl_xor_sync(0xffffffffu, best[m][r], off);
+        const int i = __shfl_xor_sync(0xffffffffu, idx[m][r], off);
+        if (v > best[m][r] || (v == best[m][r] && i < idx[m][r])) best[m][r] = v, idx[m][r] = i;
+      }
+      const int64_t row = p0 + warp_row + m * 16 + r * 8 + g;
+      if (t == 0 && row < pts.n) {
+        int32_t* l = labels + static_cast<int64_t>(h) * pts.n + row;
+        if (control != nullptr) changed += *l != idx[m][r];
+        *l = idx[m][r];
+      }
     }
   }
   if (control != nullptr) {
@@ -152,35 +225,156 @@ static __global__ void KMeansCheckKernel(int32_t* control, int64_t threshold) {
   control[0] = 0;
 }
 
-// sums[h][label][:] += point, counts[h][label] += 1 (fp32 / int32 atomics); sums may be null (counts only).
-// grid: (blocks, heads); block 256 (a warp per point, grid-strided).
-static __global__ void AccumulateKernel(PointsView pts, const int32_t* labels, int32_t C, float* sums, int32_t* counts,
-                                        const int32_t* control) {
+// The update is a counting sort of the points by label followed by one warp per cluster summing its members (no
+// fp32 atomics: they serialised on the popular clusters' addresses, ~90 us per 8 x 32k points):
+//   HistogramKernel  counts[h][c] = |{i : labels[h][i] = c}|        (int atomics, one per point)
+//   ScanKernel       cursor[h][c] = counts[h][0] + ... + counts[h][c - 1]
+//   ScatterKernel    order[h][cursor[h][labels[h][i]]++] = i        (cursor[h][c] becomes the end of cluster c)
+//   MeanKernel       centroid = mean of the members (fp32), its normalised bf16 copy for the next assignment
+// Within a cluster the order of `order` (hence of the fp32 sum) is nondeterministic.
+
+// counts[h][labels[h][i]] += 1; counts zeroed by the caller. grid: (blocks, heads), grid-strided over the points.
+static __global__ void HistogramKernel(const int32_t* labels, int32_t n, int32_t C, int32_t* counts,
+                                       const int32_t* control) {
   if (KMeansStopped(control)) return;
   const int h = blockIdx.y;
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; i < pts.n; i += warps) {
-    const int32_t c = labels[static_cast<int64_t>(h) * pts.n + i];
-    if (lane == 0) atomicAdd(&counts[static_cast<int64_t>(h) * C + c], 1);
-    if (sums != nullptr) {
-      const bf16* p = pts.Point(h, i);
-      float* s = sums + (static_cast<int64_t>(h) * C + c) * pts.dim;
-      for (int d = lane; d < pts.dim; d += 32) atomicAdd(&s[d], ToFloat(p[d]));
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    atomicAdd(&counts[static_cast<int64_t>(h) * C + labels[static_cast<int64_t>(h) * n + i]], 1);
+  }
+}
+
+constexpr int kScanThreads = 1024;
+
+// cursor[h][c] = exclusive prefix sum of counts[h][:]. grid: heads; block kScanThreads.
+static __global__ void __launch_bounds__(kScanThreads) ScanKernel(const int32_t* counts, int32_t C, int32_t* cursor,
+                                                                  const int32_t* control) {
+  if (KMeansStopped(control)) return;
+  __shared__ int32_t warp_total[kScanThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * C;
+  int32_t carry = 0;
+  for (int32_t c0 = 0; c0 < C; c0 += kScanThreads) {
+    const int32_t c = c0 + threadIdx.x;
+    const int32_t v = c < C ? counts[base + c] : 0;
+    int32_t incl = v;  // inclusive scan within the warp
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+      const int32_t u = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += u;
+    }
+    if (lane == 31) warp_total[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+      int32_t w = warp_total[lane];  // kScanThreads / 32 == 32 warps
+#pragma unroll
+      for (int off = 1; off < 32; off *= 2) {
+        const int32_t u = __shfl_up_sync(0xffffffffu, w, off);
+        if (lane >= off) w += u;
+      }
+      warp_total[lane] = w;  // inclusive over warps
+    }
+    __syncthreads();
+    const int32_t before = warp > 0 ? warp_total[warp - 1] : 0;
+    if (c < C) cursor[base + c] = carry + before + incl - v;
+    carry += warp_total[kScanThreads / 32 - 1];
+    __syncthreads();  // warp_total is rewritten by the next chunk
+  }
+}
+
+// order[h][cursor[h][l]++] = i for l = labels[h][i]. grid: (blocks, heads), grid-strided over the points.
+static __global__ void ScatterKernel(const int32_t* labels, int32_t n, int32_t C, int32_t* cursor, int32_t* order,
+                                     const int32_t* control) {
+  if (KMeansStopped(control)) return;
+  const int h = blockIdx.y;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t pos = atomicAdd(&cursor[static_cast<int64_t>(h) * C + labels[static_cast<int64_t>(h) * n + i]], 1);
+    order[static_cast<int64_t>(h) * n + pos] = static_cast<int32_t>(i);
+  }
+}
+
+// kN consecutive bf16 (kN = 2, 4 or 8: one 4-, 8- or 16-byte load) as floats.
+template <int kN>
+__device__ __forceinline__ void LoadBf16Row(const bf16* p, float (&out)[kN]) {
+  static_assert(kN == 2 || kN == 4 || kN == 8, "2, 4 or 8 elements");
+  if constexpr (kN == 2) {
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+    out[0] = f.x, out[1] = f.y;
+  } else if constexpr (kN == 4) {
+    const uint2 r = *reinterpret_cast<const uint2*>(p);
+    const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&r.x));
+    const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&r.y));
+    out[0] = a.x, out[1] = a.y, out[2] = b.x, out[3] = b.y;
+  } else {
+    const uint4 r = *reinterpret_cast<const uint4*>(p);
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
+      out[2 * i] = f.x, out[2 * i + 1] = f.y;
     }
   }
 }
 
-// centroids = sums / counts where counts > 0 (empty clusters keep their centroid). Grid-strided over heads*C*dim.
-static __global__ void DivideKernel(const float* sums, const int32_t* counts, int64_t rows, int dim, float* centroids,
-                                    const int32_t* control) {
+constexpr int kMeanWarps = 8;
+
+// One warp per (head, cluster) row r: its members are order[h][ends[r] - counts[r] .. ends[r]). centroids[r] = their
+// fp32 mean (unchanged when empty); normalized[r] = centroids[r] / ||centroids[r]|| in bf16 (zero stays zero);
+// sizes[r] = counts[r] when sizes is not null. Lane l owns columns kD / 32 * l ... grid: ceil(rows / kMeanWarps);
+// block 32 * kMeanWarps.
+template <int kD>
+static __global__ void __launch_bounds__(32 * kMeanWarps) MeanKernel(PointsView pts, const int32_t* order,
+                                                                   const int32_t* counts, const int32_t* ends, int32_t C,
+                                                                   float* centroids, bf16* normalized, int32_t* sizes,
+                                                                   const int32_t* control) {
   if (KMeansStopped(control)) return;
-  const int64_t total = rows * dim;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int32_t n = counts[i / dim];
-    if (n > 0) centroids[i] = sums[i] / static_cast<float>(n);
+  constexpr int kN = kD / 32;
+  const int lane = threadIdx.x & 31;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kMeanWarps + (threadIdx.x >> 5);
+  if (r >= static_cast<int64_t>(pts.heads) * C) return;
+  const int h = static_cast<int>(r / C);
+  const int32_t count = counts[r], end = ends[r];
+  const int32_t* members = order + static_cast<int64_t>(h) * pts.n;
+  float acc[kN] = {};
+  for (int32_t j0 = end - count; j0 < end; j0 += 32) {
+    const int m = min(32, end - j0);
+    const int32_t mine = lane < m ? members[j0 + lane] : 0;
+    int j = 0;
+    for (; j + 8 <= m; j += 8) {  // eight member rows in flight per warp
+      float x[8][kN];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) LoadBf16Row<kN>(pts.Point(h, __shfl_sync(0xffffffffu, mine, j + u)) + lane * kN, x[u]);
+#pragma unroll
+      for (int u = 0; u < 8; ++u)
+#pragma unroll
+        for (int e = 0; e < kN; ++e) acc[e] += x[u][e];
+    }
+    for (; j < m; ++j) {
+      float x[kN];
+      LoadBf16Row<kN>(pts.Point(h, __shfl_sync(0xffffffffu, mine, j)) + lane * kN, x);
+#pragma unroll
+      for (int e = 0; e < kN; ++e) acc[e] += x[e];
+    }
   }
+  float* crow = centroids + r * kD + lane * kN;
+  float ss = 0.0f;
+  if (count > 0) {
+    const float inv = 1.0f / static_cast<float>(count);
+#pragma unroll
+    for (int e = 0; e < kN; ++e) acc[e] *= inv, crow[e] = acc[e], ss += acc[e] * acc[e];
+  } else {
+#pragma unroll
+    for (int e = 0; e < kN; ++e) acc[e] = crow[e], ss += acc[e] * acc[e];
+  }
+  ss = WarpSum(ss);
+  const float inv_norm = ss > 0.0f ? rsqrtf(ss) : 0.0f;
+  bf16* nrow = normalized + r * kD + lane * kN;
+#pragma unroll
+  for (int e = 0; e < kN; e += 2) {
+    *reinterpret_cast<uint32_t*>(nrow + e) = PackBf16x2(acc[e] * inv_norm, acc[e + 1] * inv_norm);
+  }
+  if (sizes != nullptr && lane == 0) sizes[r] = count;
 }
 
 // centroids[h][c][:] = float(point(h, rows[h][c])). One warp per centroid.

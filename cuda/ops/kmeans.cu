@@ -15,22 +15,25 @@ namespace kn = ::livekv::cuda::kernels;
 size_t Align256(size_t x) { return (x + 255) / 256 * 256; }
 
 struct Workspace {
-  __nv_bfloat16* normalized;
-  float* sums;
-  int32_t* counts;
-  int32_t* control;  // [2]: labels changed by the last assignment, stop (KMeansRun's early stop)
+  __nv_bfloat16* normalized;  // [heads][C][dim]: the centroids the next assignment scores against
+  int32_t* counts;            // [heads][C]
+  int32_t* cursor;            // [heads][C]: cluster starts, then (after the scatter) ends in `order`
+  int32_t* order;             // [heads][n]: point indices sorted by label
+  int32_t* control;           // [2]: labels changed by the last assignment, stop (KMeansRun's early stop)
 };
 
-Workspace Carve(void* ws, int32_t heads, int32_t C, int32_t dim) {
+Workspace Carve(void* ws, int32_t heads, int32_t n, int32_t C, int32_t dim) {
   uint8_t* b = static_cast<uint8_t*>(ws);
   const size_t rows = static_cast<size_t>(heads) * C;
   Workspace w;
   w.normalized = reinterpret_cast<__nv_bfloat16*>(b);
   b += Align256(rows * dim * sizeof(__nv_bfloat16));
-  w.sums = reinterpret_cast<float*>(b);
-  b += Align256(rows * dim * sizeof(float));
   w.counts = reinterpret_cast<int32_t*>(b);
   b += Align256(rows * sizeof(int32_t));
+  w.cursor = reinterpret_cast<int32_t*>(b);
+  b += Align256(rows * sizeof(int32_t));
+  w.order = reinterpret_cast<int32_t*>(b);
+  b += Align256(static_cast<size_t>(heads) * n * sizeof(int32_t));
   w.control = reinterpret_cast<int32_t*>(b);
   return w;
 }
@@ -61,7 +64,7 @@ absl::Status Validate(const KMeansPoints& p, int32_t C, absl::string_view op) {
 }
 
 absl::Status CheckWorkspace(void* ws, size_t bytes, const KMeansPoints& p, int32_t C, absl::string_view op) {
-  const size_t need = KMeansWorkspaceBytes(p.heads, C, p.dim);
+  const size_t need = KMeansWorkspaceBytes(p.heads, p.n, C, p.dim);
   if (ws == nullptr || bytes < need || reinterpret_cast<uintptr_t>(ws) % 256 != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(op, ": workspace of ", bytes, " bytes (256-byte aligned) needed ", need));
@@ -76,18 +79,24 @@ absl::Status LaunchAssign(const kn::PointsView& v, const __nv_bfloat16* normaliz
   LIVEKV_RETURN_IF_ERROR(CudaStatus(
       cudaFuncSetAttribute(kn::AssignKernel<kD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
       "cudaFuncSetAttribute(AssignKernel)"));
-  dim3 grid(static_cast<unsigned>(kn::CeilDiv(v.n, kn::kAssignRows)), static_cast<unsigned>(v.heads));
+  dim3 grid(static_cast<unsigned>(kn::CeilDiv(v.n, kn::AssignShape<kD>::kRows)), static_cast<unsigned>(v.heads));
   kn::AssignKernel<kD><<<grid, kn::kAssignThreads, smem, stream>>>(v, normalized, C, labels, control);
   return LaunchStatus("AssignKernel");
 }
 
-// control: null, or w.control for the early stop (the kernels skip their work once it says stop).
-absl::Status AssignImpl(const KMeansPoints& p, const float* centroids, int32_t C, int32_t* labels, const Workspace& w,
-                        int32_t* control, cudaStream_t stream) {
+// Normalises `centroids` into w.normalized (the assignment's operand).
+absl::Status NormalizeImpl(const KMeansPoints& p, const float* centroids, int32_t C, const Workspace& w,
+                           const int32_t* control, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.heads) * C;
   kn::NormalizeRowsKernel<<<static_cast<unsigned>(kn::CeilDiv(rows, 8)), 256, 0, stream>>>(centroids, w.normalized,
                                                                                            rows, p.dim, control);
-  LIVEKV_RETURN_IF_ERROR(LaunchStatus("NormalizeRowsKernel"));
+  return LaunchStatus("NormalizeRowsKernel");
+}
+
+// Assigns against w.normalized. control: null, or w.control for the early stop (the kernels skip their work once
+// it says stop).
+absl::Status AssignImpl(const KMeansPoints& p, int32_t C, int32_t* labels, const Workspace& w, int32_t* control,
+                        cudaStream_t stream) {
   const kn::PointsView v = View(p);
   switch (p.dim) {
     case 64: return LaunchAssign<64>(v, w.normalized, C, labels, control, stream);
@@ -96,39 +105,50 @@ absl::Status AssignImpl(const KMeansPoints& p, const float* centroids, int32_t C
   }
 }
 
-absl::Status CountImpl(const KMeansPoints& p, const int32_t* labels, int32_t C, float* sums, int32_t* counts,
-                       const int32_t* control, cudaStream_t stream) {
-  const size_t rows = static_cast<size_t>(p.heads) * C;
-  if (sums != nullptr) {
-    LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(sums, 0, rows * p.dim * sizeof(float), stream));
-  }
-  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(counts, 0, rows * sizeof(int32_t), stream));
-  const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>(kn::CeilDiv(p.n, 8), 1, 1024));
-  kn::AccumulateKernel<<<dim3(blocks, static_cast<unsigned>(p.heads)), 256, 0, stream>>>(View(p), labels, C, sums,
-                                                                                         counts, control);
-  return LaunchStatus("AccumulateKernel");
+dim3 PointGrid(const KMeansPoints& p) {
+  return dim3(static_cast<unsigned>(std::clamp<int64_t>(kn::CeilDiv(p.n, 256), 1, 1024)),
+              static_cast<unsigned>(p.heads));
 }
 
+// counts[h][c] = members of cluster c under `labels`.
+absl::Status CountImpl(const KMeansPoints& p, const int32_t* labels, int32_t C, int32_t* counts, const int32_t* control,
+                       cudaStream_t stream) {
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(counts, 0, static_cast<size_t>(p.heads) * C * sizeof(int32_t), stream));
+  kn::HistogramKernel<<<PointGrid(p), 256, 0, stream>>>(labels, p.n, C, counts, control);
+  return LaunchStatus("HistogramKernel");
+}
+
+template <int kD>
+absl::Status LaunchMean(const KMeansPoints& p, int32_t C, float* centroids, int32_t* sizes, const Workspace& w,
+                        const int32_t* control, cudaStream_t stream) {
+  const int64_t rows = static_cast<int64_t>(p.heads) * C;
+  kn::MeanKernel<kD><<<static_cast<unsigned>(kn::CeilDiv(rows, kn::kMeanWarps)), 32 * kn::kMeanWarps, 0, stream>>>(
+      View(p), w.order, w.counts, w.cursor, C, centroids, w.normalized, sizes, control);
+  return LaunchStatus("MeanKernel");
+}
+
+// centroids = means of the members under `labels` (empty clusters unchanged), w.normalized = their normalised
+// copies, sizes (if not null) = member counts.
 absl::Status UpdateImpl(const KMeansPoints& p, const int32_t* labels, int32_t C, float* centroids, int32_t* sizes,
                         const Workspace& w, const int32_t* control, cudaStream_t stream) {
-  LIVEKV_RETURN_IF_ERROR(CountImpl(p, labels, C, w.sums, w.counts, control, stream));
-  const int64_t rows = static_cast<int64_t>(p.heads) * C;
-  const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>(kn::CeilDiv(rows * p.dim, 256), 1, 8192));
-  kn::DivideKernel<<<blocks, 256, 0, stream>>>(w.sums, w.counts, rows, p.dim, centroids, control);
-  LIVEKV_RETURN_IF_ERROR(LaunchStatus("DivideKernel"));
-  if (sizes != nullptr) {
-    LIVEKV_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(sizes, w.counts, rows * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream));
+  LIVEKV_RETURN_IF_ERROR(CountImpl(p, labels, C, w.counts, control, stream));
+  kn::ScanKernel<<<static_cast<unsigned>(p.heads), kn::kScanThreads, 0, stream>>>(w.counts, C, w.cursor, control);
+  LIVEKV_RETURN_IF_ERROR(LaunchStatus("ScanKernel"));
+  kn::ScatterKernel<<<PointGrid(p), 256, 0, stream>>>(labels, p.n, C, w.cursor, w.order, control);
+  LIVEKV_RETURN_IF_ERROR(LaunchStatus("ScatterKernel"));
+  switch (p.dim) {
+    case 64: return LaunchMean<64>(p, C, centroids, sizes, w, control, stream);
+    case 128: return LaunchMean<128>(p, C, centroids, sizes, w, control, stream);
+    default: return LaunchMean<256>(p, C, centroids, sizes, w, control, stream);
   }
-  return absl::OkStatus();
 }
 
 }  // namespace
 
-size_t KMeansWorkspaceBytes(int32_t heads, int32_t C, int32_t dim) {
+size_t KMeansWorkspaceBytes(int32_t heads, int32_t n, int32_t C, int32_t dim) {
   const size_t rows = static_cast<size_t>(heads) * C;
-  return Align256(rows * dim * sizeof(__nv_bfloat16)) + Align256(rows * dim * sizeof(float)) +
-         Align256(rows * sizeof(int32_t)) + 256;
+  return Align256(rows * dim * sizeof(__nv_bfloat16)) + 2 * Align256(rows * sizeof(int32_t)) +
+         Align256(static_cast<size_t>(heads) * n * sizeof(int32_t)) + 256;
 }
 
 absl::Status KMeansInitFromPoints(const KMeansPoints& p, const int32_t* rows, int32_t C, float* centroids,
@@ -145,7 +165,9 @@ absl::Status KMeansAssign(const KMeansPoints& p, const float* centroids, int32_t
   LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_assign"));
   LIVEKV_RETURN_IF_ERROR(CheckWorkspace(ws, ws_bytes, p, C, "kmeans_assign"));
   if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_assign: null centroids or labels");
-  return AssignImpl(p, centroids, C, labels, Carve(ws, p.heads, C, p.dim), nullptr, stream);
+  const Workspace w = Carve(ws, p.heads, p.n, C, p.dim);
+  LIVEKV_RETURN_IF_ERROR(NormalizeImpl(p, centroids, C, w, nullptr, stream));
+  return AssignImpl(p, C, labels, w, nullptr, stream);
 }
 
 absl::Status KMeansUpdate(const KMeansPoints& p, const int32_t* labels, int32_t C, float* centroids, int32_t* sizes,
@@ -153,7 +175,7 @@ absl::Status KMeansUpdate(const KMeansPoints& p, const int32_t* labels, int32_t 
   LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_update"));
   LIVEKV_RETURN_IF_ERROR(CheckWorkspace(ws, ws_bytes, p, C, "kmeans_update"));
   if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_update: null centroids or labels");
-  return UpdateImpl(p, labels, C, centroids, sizes, Carve(ws, p.heads, C, p.dim), nullptr, stream);
+  return UpdateImpl(p, labels, C, centroids, sizes, Carve(ws, p.heads, p.n, C, p.dim), nullptr, stream);
 }
 
 absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, float* centroids, int32_t* labels,
@@ -165,12 +187,14 @@ absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, flo
   if (!(stop_fraction >= 0.0 && stop_fraction < 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("kmeans_run: stop fraction ", stop_fraction, " not in [0, 1)"));
   }
-  const Workspace w = Carve(ws, p.heads, C, p.dim);
+  const Workspace w = Carve(ws, p.heads, p.n, C, p.dim);
   int32_t* control = stop_fraction > 0.0 ? w.control : nullptr;
   if (control != nullptr) LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(control, 0, 2 * sizeof(int32_t), stream));
   const int64_t threshold = static_cast<int64_t>(stop_fraction * static_cast<double>(p.heads) * p.n);
+  // Each update leaves the normalised centroids for the next assignment: only the initial ones are normalised here.
+  LIVEKV_RETURN_IF_ERROR(NormalizeImpl(p, centroids, C, w, nullptr, stream));
   for (int32_t it = 0; it < iterations; ++it) {
-    LIVEKV_RETURN_IF_ERROR(AssignImpl(p, centroids, C, labels, w, control, stream));
+    LIVEKV_RETURN_IF_ERROR(AssignImpl(p, C, labels, w, control, stream));
     if (control != nullptr) {  // the first assignment has no previous labels to compare with: never stop there
       kn::KMeansCheckKernel<<<1, 1, 0, stream>>>(control, it == 0 ? -1 : threshold);
       LIVEKV_RETURN_IF_ERROR(LaunchStatus("KMeansCheckKernel"));
@@ -178,9 +202,9 @@ absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, flo
     LIVEKV_RETURN_IF_ERROR(UpdateImpl(p, labels, C, centroids, nullptr, w, control, stream));
   }
   // Once stopped, the labels are already the assignment against the (then unchanged) centroids.
-  LIVEKV_RETURN_IF_ERROR(AssignImpl(p, centroids, C, labels, w, control, stream));
+  LIVEKV_RETURN_IF_ERROR(AssignImpl(p, C, labels, w, control, stream));
   if (sizes == nullptr) return absl::OkStatus();
-  return CountImpl(p, labels, C, nullptr, sizes, nullptr, stream);
+  return CountImpl(p, labels, C, sizes, nullptr, stream);
 }
 
 }  // namespace cuda

@@ -9,7 +9,8 @@
 //   LIVEKV_RETURN_IF_ERROR(KMeansRun(pts, C, /*iterations=*/20, centroids, labels, sizes, ws, ws_bytes, stream));
 //
 // Numerics: assignment on bf16 tensor cores against bf16-rounded normalised centroids (scores within 2^-9 |p| of
-// fp32; near-ties may go either way), update in fp32 atomics (sums in nondeterministic order).
+// fp32; near-ties may go either way), update as an fp32 sum per cluster after a counting sort by label (members
+// summed in nondeterministic order).
 #ifndef LIVEKV_CUDA_OPS_KMEANS_H_
 #define LIVEKV_CUDA_OPS_KMEANS_H_
 
@@ -33,8 +34,9 @@ struct KMeansPoints {
   int32_t dim = 0;                      // 64, 128 or 256
 };
 
-// Workspace for C clusters: normalised bf16 centroids, fp32 sums, int32 counts and the early stop's state.
-size_t KMeansWorkspaceBytes(int32_t heads, int32_t C, int32_t dim);
+// Workspace for n points and C clusters per head: normalised bf16 centroids, the update's counting sort (int32
+// counts and cursors per cluster, the sorted point indices) and the early stop's state.
+size_t KMeansWorkspaceBytes(int32_t heads, int32_t n, int32_t C, int32_t dim);
 
 // centroids[h][c] = point(h, rows[h][c]) as fp32. rows: device int32 [heads][C], each in [0, n).
 absl::Status KMeansInitFromPoints(const KMeansPoints& points, const int32_t* rows, int32_t C, float* centroids,

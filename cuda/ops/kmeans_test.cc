@@ -45,13 +45,15 @@ TEST_F(KMeansTest, AssignPicksTheMostCosineSimilarCentroid) {
     int heads, n, dim, C;
   };
   for (const Case& c : {Case{1, 1, 64, 1}, Case{3, 7, 64, 7}, Case{8, 97, 128, 33}, Case{2, 1000, 128, 200},
-                        Case{1, 333, 256, 97}, Case{3, 150, 128, 129}}) {
+                        Case{1, 333, 256, 97}, Case{3, 150, 128, 129},
+                        // many CTAs and centroid tiles: the tile ring wraps around several times, partial last tile
+                        Case{2, 4099, 128, 1031}, Case{1, 1201, 64, 331}, Case{1, 515, 256, 257}}) {
     Data d = MakeData(c.heads, c.n, c.dim, &rng);
     std::vector<float> cent = RandomFloats(static_cast<size_t>(c.heads) * c.C * c.dim, &rng, -1, 1);
     if (c.C > 2) std::fill(cent.begin() + c.dim, cent.begin() + 2 * c.dim, 0.0f);  // a zero centroid scores 0
     auto dcent = DeviceArray<float>::FromHost(cent);
     DeviceArray<int32_t> labels(static_cast<size_t>(c.heads) * c.n);
-    DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(c.heads, c.C, c.dim));
+    DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(c.heads, c.n, c.C, c.dim));
     ASSERT_TRUE(KMeansAssign(d.View(), dcent.get(), c.C, labels.get(), ws.get(), ws.size(), stream()).ok());
     std::vector<int32_t> got = labels.ToHost();
     int exact = 0;
@@ -92,7 +94,9 @@ TEST_F(KMeansTest, UpdateIsTheMeanOfMembers) {
   struct Case {
     int heads, n, dim, C;
   };
-  for (const Case& c : {Case{1, 1, 64, 1}, Case{3, 97, 64, 7}, Case{8, 1000, 128, 33}, Case{2, 50, 256, 50}}) {
+  for (const Case& c : {Case{1, 1, 64, 1}, Case{3, 97, 64, 7}, Case{8, 1000, 128, 33}, Case{2, 50, 256, 50},
+                        // clusters of hundreds of members; more clusters than one scan chunk (1024)
+                        Case{2, 5003, 128, 7}, Case{1, 4099, 64, 2500}, Case{2, 3001, 256, 1031}}) {
     Data d = MakeData(c.heads, c.n, c.dim, &rng);
     std::vector<int32_t> labels(size_t(c.heads) * c.n);
     for (auto& l : labels) l = static_cast<int32_t>(rng() % c.C);
@@ -103,7 +107,7 @@ TEST_F(KMeansTest, UpdateIsTheMeanOfMembers) {
     auto dlabels = DeviceArray<int32_t>::FromHost(labels);
     auto dcent = DeviceArray<float>::FromHost(old);
     DeviceArray<int32_t> sizes(size_t(c.heads) * c.C);
-    DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(c.heads, c.C, c.dim));
+    DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(c.heads, c.n, c.C, c.dim));
     ASSERT_TRUE(KMeansUpdate(d.View(), dlabels.get(), c.C, dcent.get(), sizes.get(), ws.get(), ws.size(), stream()).ok());
     std::vector<double> sum(size_t(c.heads) * c.C * c.dim, 0.0), sabs(sum.size(), 0.0);
     std::vector<int32_t> count(size_t(c.heads) * c.C, 0);
@@ -167,7 +171,7 @@ TEST_F(KMeansTest, RunRecoversSeparatedClusters) {
   auto dinit = DeviceArray<int32_t>::FromHost(init);
   DeviceArray<float> cent(size_t(heads) * C * dim);
   DeviceArray<int32_t> labels(size_t(heads) * n), sizes(size_t(heads) * C);
-  DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(heads, C, dim));
+  DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(heads, n, C, dim));
   ASSERT_TRUE(KMeansInitFromPoints(d.View(), dinit.get(), C, cent.get(), stream()).ok());
   ASSERT_TRUE(KMeansRun(d.View(), C, 5, cent.get(), labels.get(), sizes.get(), ws.get(), ws.size(), stream()).ok());
   EXPECT_EQ(labels.ToHost(), truth);
@@ -187,6 +191,10 @@ TEST_F(KMeansTest, RunRecoversSeparatedClusters) {
   EXPECT_EQ(KMeansRun(d.View(), n + 1, 1, cent.get(), labels.get(), nullptr, ws.get(), ws.size(), stream()).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(KMeansRun(d.View(), C, 1, cent.get(), labels.get(), nullptr, ws.get(), ws.size(), stream(), 1.0).code(),
+            absl::StatusCode::kInvalidArgument);
+  // A workspace sized for fewer points (the update's sort needs one index per point) is refused, not overrun.
+  EXPECT_EQ(KMeansRun(d.View(), C, 1, cent.get(), labels.get(), nullptr, ws.get(),
+                      KMeansWorkspaceBytes(heads, n / 2, C, dim), stream()).code(),
             absl::StatusCode::kInvalidArgument);
   KMeansPoints bad = d.View();
   bad.dim = 96;
@@ -209,7 +217,7 @@ TEST_F(KMeansTest, RunWithEarlyStopReturnsAConsistentClustering) {
     auto dinit = DeviceArray<int32_t>::FromHost(init);
     DeviceArray<float> cent(size_t(heads) * C * dim);
     DeviceArray<int32_t> labels(size_t(heads) * n), sizes(size_t(heads) * C), again(size_t(heads) * n);
-    DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(heads, C, dim));
+    DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(heads, n, C, dim));
     ASSERT_TRUE(KMeansInitFromPoints(d.View(), dinit.get(), C, cent.get(), stream()).ok());
     ASSERT_TRUE(
         KMeansRun(d.View(), C, 30, cent.get(), labels.get(), sizes.get(), ws.get(), ws.size(), stream(), stop).ok());

@@ -182,7 +182,12 @@ bool CudaRecallKvContext::Sparse(int layer) const {
 
 absl::Status CudaRecallKvContext::Init() {
   LIVEKV_ASSIGN_OR_RETURN(select_stream_, cuda::Stream::Create());
-  LIVEKV_ASSIGN_OR_RETURN(cluster_stream_, cuda::Stream::Create());
+  // The clustering stream has the highest priority: a layer's k-means takes the SMs as soon as its keys are
+  // appended instead of trailing the prefill's kernels (the work is the same either way; finishing each layer's
+  // clustering early bounds how far it lags the prefill, and its elapsed time is its own).
+  int least_priority = 0, greatest_priority = 0;
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetStreamPriorityRange(&least_priority, &greatest_priority));
+  LIVEKV_ASSIGN_OR_RETURN(cluster_stream_, cuda::Stream::Create(/*blocking=*/false, greatest_priority));
   for (cuda::Stream& s : recall_streams_) {
     LIVEKV_ASSIGN_OR_RETURN(s, cuda::Stream::Create());
   }
@@ -491,7 +496,7 @@ absl::Status CudaRecallKvContext::LaunchClustering(int layer, int64_t older, cud
   LIVEKV_ASSIGN_OR_RETURN(km.labels_host, cuda::PinnedHostBuffer::Create(nl * 4));
   LIVEKV_ASSIGN_OR_RETURN(km.sizes_host, cuda::PinnedHostBuffer::Create(nc * 4));
   LIVEKV_ASSIGN_OR_RETURN(km.init_host, cuda::PinnedHostBuffer::Create(nc * 4));
-  const size_t ws = cuda::KMeansWorkspaceBytes(hkv_, c, d_);
+  const size_t ws = cuda::KMeansWorkspaceBytes(hkv_, static_cast<int32_t>(older), c, d_);
   if (kmeans_ws_.bytes() < ws) {
     kmeans_ws_.Reset();  // cudaFree waits for earlier k-means using it
     LIVEKV_ASSIGN_OR_RETURN(kmeans_ws_, cuda::DeviceBuffer::Create(ws));
