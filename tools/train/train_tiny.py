@@ -121,6 +121,16 @@ def curriculum_length(phase_frac, rng, min_len, max_len, ramp):
     return max(256, (length // 256) * 256)
 
 
+def remaining_shapes(phases, frac, batch_tokens):
+    """Every (batch, length) the schedule can still draw from `frac` of it on (curriculum_length's lengths)."""
+    shapes = set()
+    for end, lo, hi, _, _ in phases:
+        if end > frac:
+            for length in range(max(256, lo // 256 * 256), hi // 256 * 256 + 1, 256):
+                shapes.add((max(1, batch_tokens // length), length))
+    return sorted(shapes, key=lambda s: s[1])
+
+
 def read_eval_sets(eval_dir, docs):
     sets = {}
     for path in sorted(glob.glob(os.path.join(eval_dir, "*.jsonl"))):
@@ -280,6 +290,16 @@ def main():
     ids, w = to_device(pending[0][3].get())
     with sdpa_kernel(attention_backends, set_priority=True):
         (forward.token_losses(ids) * w[:, :-1]).sum().backward()
+    if args.resume and device == "cuda":
+        # A resumed call meets every shape of its remaining phases at once (the first call met them one at a time
+        # as the lengths ramped up): building their attention plans and kernels on the clock took the first 25 s
+        # of run I's 240 s second call. Build them here, off the clock; the gradients are discarded.
+        t_warm = time.time()
+        shapes = remaining_shapes(phases, state["seconds"] / args.total_seconds, args.batch_tokens)
+        for batch, length in shapes:
+            with sdpa_kernel(attention_backends, set_priority=True):
+                forward.token_losses(torch.randint(0, 256, (batch, length), device=device)).sum().backward()
+        print(f"warmed {len(shapes)} batch shapes in {time.time() - t_warm:.1f}s", flush=True)
     opt.zero_grad(set_to_none=True)
     if device == "cuda":
         torch.cuda.synchronize()
