@@ -51,7 +51,7 @@ static __global__ void NormalizeRowsKernel(const float* c, bf16* out, int64_t ro
 constexpr int kAssignWarps = 4;
 constexpr int kAssignThreads = kAssignWarps * 32;
 constexpr int kAssignTileCols = 64;  // centroids per shared-memory tile
-constexpr int kAssignStages = 3;
+constexpr int kAssignStages = 2;  // 70 KB of shared memory at d 128: three CTAs per SM
 
 template <int kD>
 struct AssignShape {
@@ -67,10 +67,12 @@ constexpr size_t AssignSharedBytes() {
 
 // labels[h][i] = argmax_c points(h, i) . normalized[h][c]. grid: (ceil(n / AssignShape<kD>::kRows), heads);
 // block kAssignThreads; dynamic shared memory AssignSharedBytes<kD>().
-// With control: labels that differ from the previous contents are counted into control[0].
+// With control: labels that differ from the previous contents are counted into control[0]. With counts: the
+// update's histogram, counts[h][label] += 1 per point (counts zero before).
 template <int kD>
 static __global__ void __launch_bounds__(kAssignThreads) AssignKernel(PointsView pts, const bf16* normalized, int32_t C,
-                                                                      int32_t* labels, int32_t* control) {
+                                                                      int32_t* labels, int32_t* counts,
+                                                                      int32_t* control) {
   if (KMeansStopped(control)) return;  // uniform over the CTA
   using Shape = AssignShape<kD>;
   constexpr int kStride = Shape::kStride, kM = Shape::kMTiles, kK = kD / 16;
@@ -210,6 +212,7 @@ static __global__ void __launch_bounds__(kAssignThreads) AssignKernel(PointsView
         int32_t* l = labels + static_cast<int64_t>(h) * pts.n + row;
         if (control != nullptr) changed += *l != idx[m][r];
         *l = idx[m][r];
+        if (counts != nullptr) atomicAdd(&counts[static_cast<int64_t>(h) * C + idx[m][r]], 1);
       }
     }
   }
@@ -227,7 +230,7 @@ static __global__ void KMeansCheckKernel(int32_t* control, int64_t threshold) {
 
 // The update is a counting sort of the points by label followed by one warp per cluster summing its members (no
 // fp32 atomics: they serialised on the popular clusters' addresses, ~90 us per 8 x 32k points):
-//   HistogramKernel  counts[h][c] = |{i : labels[h][i] = c}|        (int atomics, one per point)
+//   HistogramKernel  counts[h][c] = |{i : labels[h][i] = c}|        (int atomics, one per point; or AssignKernel)
 //   ScanKernel       cursor[h][c] = counts[h][0] + ... + counts[h][c - 1]
 //   ScatterKernel    order[h][cursor[h][labels[h][i]]++] = i        (cursor[h][c] becomes the end of cluster c)
 //   MeanKernel       centroid = mean of the members (fp32), its normalised bf16 copy for the next assignment
@@ -321,11 +324,11 @@ constexpr int kMeanWarps = 8;
 
 // One warp per (head, cluster) row r: its members are order[h][ends[r] - counts[r] .. ends[r]). centroids[r] = their
 // fp32 mean (unchanged when empty); normalized[r] = centroids[r] / ||centroids[r]|| in bf16 (zero stays zero);
-// sizes[r] = counts[r] when sizes is not null. Lane l owns columns kD / 32 * l ... grid: ceil(rows / kMeanWarps);
+// sizes[r] = counts[r] when sizes is not null; counts[r] = 0 after (ready for the next assignment's histogram). Lane l owns columns kD / 32 * l ... grid: ceil(rows / kMeanWarps);
 // block 32 * kMeanWarps.
 template <int kD>
 static __global__ void __launch_bounds__(32 * kMeanWarps) MeanKernel(PointsView pts, const int32_t* order,
-                                                                   const int32_t* counts, const int32_t* ends, int32_t C,
+                                                                   int32_t* counts, const int32_t* ends, int32_t C,
                                                                    float* centroids, bf16* normalized, int32_t* sizes,
                                                                    const int32_t* control) {
   if (KMeansStopped(control)) return;
@@ -374,7 +377,10 @@ static __global__ void __launch_bounds__(32 * kMeanWarps) MeanKernel(PointsView 
   for (int e = 0; e < kN; e += 2) {
     *reinterpret_cast<uint32_t*>(nrow + e) = PackBf16x2(acc[e] * inv_norm, acc[e + 1] * inv_norm);
   }
-  if (sizes != nullptr && lane == 0) sizes[r] = count;
+  if (lane == 0) {
+    if (sizes != nullptr) sizes[r] = count;
+    counts[r] = 0;
+  }
 }
 
 // centroids[h][c][:] = float(point(h, rows[h][c])). One warp per centroid.

@@ -74,13 +74,13 @@ absl::Status CheckWorkspace(void* ws, size_t bytes, const KMeansPoints& p, int32
 
 template <int kD>
 absl::Status LaunchAssign(const kn::PointsView& v, const __nv_bfloat16* normalized, int32_t C, int32_t* labels,
-                          int32_t* control, cudaStream_t stream) {
+                          int32_t* counts, int32_t* control, cudaStream_t stream) {
   constexpr size_t smem = kn::AssignSharedBytes<kD>();
   LIVEKV_RETURN_IF_ERROR(CudaStatus(
       cudaFuncSetAttribute(kn::AssignKernel<kD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
       "cudaFuncSetAttribute(AssignKernel)"));
   dim3 grid(static_cast<unsigned>(kn::CeilDiv(v.n, kn::AssignShape<kD>::kRows)), static_cast<unsigned>(v.heads));
-  kn::AssignKernel<kD><<<grid, kn::kAssignThreads, smem, stream>>>(v, normalized, C, labels, control);
+  kn::AssignKernel<kD><<<grid, kn::kAssignThreads, smem, stream>>>(v, normalized, C, labels, counts, control);
   return LaunchStatus("AssignKernel");
 }
 
@@ -93,15 +93,15 @@ absl::Status NormalizeImpl(const KMeansPoints& p, const float* centroids, int32_
   return LaunchStatus("NormalizeRowsKernel");
 }
 
-// Assigns against w.normalized. control: null, or w.control for the early stop (the kernels skip their work once
-// it says stop).
-absl::Status AssignImpl(const KMeansPoints& p, int32_t C, int32_t* labels, const Workspace& w, int32_t* control,
-                        cudaStream_t stream) {
+// Assigns against w.normalized. counts: null, or w.counts (zero) to receive the update's histogram. control: null,
+// or w.control for the early stop (the kernels skip their work once it says stop).
+absl::Status AssignImpl(const KMeansPoints& p, int32_t C, int32_t* labels, int32_t* counts, const Workspace& w,
+                        int32_t* control, cudaStream_t stream) {
   const kn::PointsView v = View(p);
   switch (p.dim) {
-    case 64: return LaunchAssign<64>(v, w.normalized, C, labels, control, stream);
-    case 128: return LaunchAssign<128>(v, w.normalized, C, labels, control, stream);
-    default: return LaunchAssign<256>(v, w.normalized, C, labels, control, stream);
+    case 64: return LaunchAssign<64>(v, w.normalized, C, labels, counts, control, stream);
+    case 128: return LaunchAssign<128>(v, w.normalized, C, labels, counts, control, stream);
+    default: return LaunchAssign<256>(v, w.normalized, C, labels, counts, control, stream);
   }
 }
 
@@ -128,10 +128,11 @@ absl::Status LaunchMean(const KMeansPoints& p, int32_t C, float* centroids, int3
 }
 
 // centroids = means of the members under `labels` (empty clusters unchanged), w.normalized = their normalised
-// copies, sizes (if not null) = member counts.
+// copies, sizes (if not null) = member counts. counted: w.counts already holds the labels' histogram (the
+// assignment made it); otherwise it is computed here. w.counts is zero after.
 absl::Status UpdateImpl(const KMeansPoints& p, const int32_t* labels, int32_t C, float* centroids, int32_t* sizes,
-                        const Workspace& w, const int32_t* control, cudaStream_t stream) {
-  LIVEKV_RETURN_IF_ERROR(CountImpl(p, labels, C, w.counts, control, stream));
+                        const Workspace& w, const int32_t* control, bool counted, cudaStream_t stream) {
+  if (!counted) LIVEKV_RETURN_IF_ERROR(CountImpl(p, labels, C, w.counts, control, stream));
   kn::ScanKernel<<<static_cast<unsigned>(p.heads), kn::kScanThreads, 0, stream>>>(w.counts, C, w.cursor, control);
   LIVEKV_RETURN_IF_ERROR(LaunchStatus("ScanKernel"));
   kn::ScatterKernel<<<PointGrid(p), 256, 0, stream>>>(labels, p.n, C, w.cursor, w.order, control);
@@ -167,7 +168,7 @@ absl::Status KMeansAssign(const KMeansPoints& p, const float* centroids, int32_t
   if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_assign: null centroids or labels");
   const Workspace w = Carve(ws, p.heads, p.n, C, p.dim);
   LIVEKV_RETURN_IF_ERROR(NormalizeImpl(p, centroids, C, w, nullptr, stream));
-  return AssignImpl(p, C, labels, w, nullptr, stream);
+  return AssignImpl(p, C, labels, nullptr, w, nullptr, stream);
 }
 
 absl::Status KMeansUpdate(const KMeansPoints& p, const int32_t* labels, int32_t C, float* centroids, int32_t* sizes,
@@ -175,7 +176,8 @@ absl::Status KMeansUpdate(const KMeansPoints& p, const int32_t* labels, int32_t 
   LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_update"));
   LIVEKV_RETURN_IF_ERROR(CheckWorkspace(ws, ws_bytes, p, C, "kmeans_update"));
   if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_update: null centroids or labels");
-  return UpdateImpl(p, labels, C, centroids, sizes, Carve(ws, p.heads, p.n, C, p.dim), nullptr, stream);
+  return UpdateImpl(p, labels, C, centroids, sizes, Carve(ws, p.heads, p.n, C, p.dim), nullptr, /*counted=*/false,
+                    stream);
 }
 
 absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, float* centroids, int32_t* labels,
@@ -192,19 +194,24 @@ absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, flo
   if (control != nullptr) LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(control, 0, 2 * sizeof(int32_t), stream));
   const int64_t threshold = static_cast<int64_t>(stop_fraction * static_cast<double>(p.heads) * p.n);
   // Each update leaves the normalised centroids for the next assignment: only the initial ones are normalised here.
+  // Each assignment adds its labels' histogram to w.counts, which each update reads and leaves zero.
   LIVEKV_RETURN_IF_ERROR(NormalizeImpl(p, centroids, C, w, nullptr, stream));
+  const size_t rows = static_cast<size_t>(p.heads) * C;
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(w.counts, 0, rows * sizeof(int32_t), stream));
   for (int32_t it = 0; it < iterations; ++it) {
-    LIVEKV_RETURN_IF_ERROR(AssignImpl(p, C, labels, w, control, stream));
+    LIVEKV_RETURN_IF_ERROR(AssignImpl(p, C, labels, w.counts, w, control, stream));
     if (control != nullptr) {  // the first assignment has no previous labels to compare with: never stop there
       kn::KMeansCheckKernel<<<1, 1, 0, stream>>>(control, it == 0 ? -1 : threshold);
       LIVEKV_RETURN_IF_ERROR(LaunchStatus("KMeansCheckKernel"));
     }
-    LIVEKV_RETURN_IF_ERROR(UpdateImpl(p, labels, C, centroids, nullptr, w, control, stream));
+    LIVEKV_RETURN_IF_ERROR(UpdateImpl(p, labels, C, centroids, nullptr, w, control, /*counted=*/true, stream));
   }
-  // Once stopped, the labels are already the assignment against the (then unchanged) centroids.
-  LIVEKV_RETURN_IF_ERROR(AssignImpl(p, C, labels, w, control, stream));
+  // Once stopped, the labels are already the assignment against the (then unchanged) centroids, and w.counts their
+  // histogram (the stopped update did not consume it; later assignments skip their work).
+  LIVEKV_RETURN_IF_ERROR(AssignImpl(p, C, labels, w.counts, w, control, stream));
   if (sizes == nullptr) return absl::OkStatus();
-  return CountImpl(p, labels, C, sizes, nullptr, stream);
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(sizes, w.counts, rows * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream));
+  return absl::OkStatus();
 }
 
 }  // namespace cuda
