@@ -76,7 +76,7 @@ def make_batch(seed, batch, length, families=FAMILIES):
 
 # share of the time : min-max tokens : ramp (grow from min to max over the phase's first half) or mix (log-uniform
 # throughout) : sampling weights of passkey, multikey, vartrack, multivalue, commonword
-DEFAULT_PHASES = "0.3:512-4096:ramp:1,2,1,1,0 0.4:1024-24576:ramp:1,2,1,2,1 0.3:3072-24576:mix:1,6,1,8,1"
+DEFAULT_PHASES = "0.3:512-4096:ramp:1,2,1,1,0 0.25:1024-24576:ramp:1,2,1,2,1 0.45:3072-24576:mix:1,8,1,8,1"
 
 
 def parse_phases(text):
