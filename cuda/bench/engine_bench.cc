@@ -112,6 +112,23 @@ struct StepStats {
 
 // `warmup` untimed steps, then `steps` timed ones; greedy tokens, or one token repeated (`repeat` >= 0: inputs
 // whose consecutive queries are alike, the regime FreeKV measured on real models: cos > 0.84).
+// `n` random token ids (seed 5: every prefill below sees the same prompt).
+std::vector<int32_t> RandomPrompt(const ModelConfig& config, int64_t n) {
+  std::vector<int32_t> prompt(n);
+  std::mt19937 rng(5);
+  for (int32_t& x : prompt) x = static_cast<int32_t>(rng() % config.vocab_size);
+  return prompt;
+}
+
+// Wall time of one prefill of `prompt` into kv, from an idle device to the logits on the host.
+double PrefillSeconds(Transformer& model, CudaBackend* gpu, const std::vector<int32_t>& prompt, KvContext* kv,
+                      std::vector<float>* logits) {
+  BENCH_CHECK(gpu->Synchronize());
+  const auto t0 = Clock::now();
+  BENCH_CHECK(model.Forward(prompt, kv, false, logits));
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
 StepStats Decode(Transformer& model, KvContext* kv, std::vector<float>* logits, int warmup, int steps,
                  int32_t repeat = -1) {
   std::vector<double> t;
@@ -399,13 +416,7 @@ void Run() {
       auto kv = Check(DenseKvCache::Create(config, gpu.get(), DType::kBF16, ctx + 64), "dense kv");
       if (ctx == 32768) {
         // The same 32k prefill as the sparse path's below, without clustering: the baseline for its overhead.
-        std::vector<int32_t> prompt(ctx);
-        std::mt19937 rng(5);
-        for (int32_t& x : prompt) x = static_cast<int32_t>(rng() % config.vocab_size);
-        BENCH_CHECK(gpu->Synchronize());
-        const auto p0 = Clock::now();
-        BENCH_CHECK(model->Forward(prompt, kv.get(), false, &logits));
-        dense_prefill_s = std::chrono::duration<double>(Clock::now() - p0).count();
+        dense_prefill_s = PrefillSeconds(*model, gpu.get(), RandomPrompt(config, ctx), kv.get(), &logits);
         Report("prefill_32k_dense_s", dense_prefill_s, "s", 0, "wall time, dense KV cache (no clustering)");
       } else {
         FillRandom(gpu.get(), config, kv.get(), ctx, 4096, 3);
@@ -421,14 +432,9 @@ void Run() {
       auto kv = Check(CudaRecallKvContext::Create(config, o, gpu.get()), "recall kv");
       if (ctx == 32768) {
         // A real prefill of 32k random tokens: ClusterKV's clustering on the side stream, layer by layer.
-        std::vector<int32_t> prompt(ctx);
-        std::mt19937 rng(5);
-        for (int32_t& x : prompt) x = static_cast<int32_t>(rng() % config.vocab_size);
+        const std::vector<int32_t> prompt = RandomPrompt(config, ctx);
         kv->ExpectInputEnd(ctx);
-        BENCH_CHECK(gpu->Synchronize());
-        const auto p0 = Clock::now();
-        BENCH_CHECK(model->Forward(prompt, kv.get(), false, &logits));
-        const double prefill_s = std::chrono::duration<double>(Clock::now() - p0).count();
+        const double prefill_s = PrefillSeconds(*model, gpu.get(), prompt, kv.get(), &logits);
         const RecallCounters& c = kv->counters();
         Note(absl::StrFormat("prefill 32k: %.2f s (%d layer clusterings, k-means %.1f ms GPU, store %.3f s host)",
                              prefill_s, (int)c.clusterings, c.kmeans_ms, c.clustering_finish_seconds));
@@ -447,10 +453,7 @@ void Run() {
           o400.policy.tokens_per_cluster = 82;
           auto kv400 = Check(CudaRecallKvContext::Create(config, o400, gpu.get()), "recall kv, 400 clusters");
           kv400->ExpectInputEnd(ctx);
-          BENCH_CHECK(gpu->Synchronize());
-          const auto q0 = Clock::now();
-          BENCH_CHECK(model->Forward(prompt, kv400.get(), false, &logits));
-          const double prefill400_s = std::chrono::duration<double>(Clock::now() - q0).count();
+          const double prefill400_s = PrefillSeconds(*model, gpu.get(), prompt, kv400.get(), &logits);
           const RecallCounters& c400 = kv400->counters();
           Note(absl::StrFormat("prefill 32k, %d clusters per head: %.2f s (k-means %.1f ms GPU)", kv400->num_clusters(2),
                                prefill400_s, c400.kmeans_ms));
