@@ -142,6 +142,31 @@ StepStats Decode(Transformer& model, KvContext* kv, std::vector<float>* logits, 
   return StepStats{t[t.size() / 2], t[std::min(t.size() - 1, t.size() * 9 / 10)]};
 }
 
+// One decode step of a recall context with its timeline on: per layer, when the compute stream reached the
+// layer's queries, when the attention could start (its recall landed) and when it was done; when the speculative
+// selection and the recall for the next step ran on their streams. Milliseconds from the step's first Select.
+void PrintTimeline(const std::string& tag, Transformer& model, CudaRecallKvContext* kv, std::vector<float>* logits,
+                   double step_ms) {
+  kv->set_timeline(true);
+  Decode(model, kv, logits, 1, 1);
+  const std::vector<CudaRecallKvContext::LayerTimeline> tl = Check(kv->LastStepTimeline(), "timeline");
+  kv->set_timeline(false);
+  double waited = 0, last_recall = 0, select_ms = 0, recall_ms = 0;
+  std::string lines;
+  for (const auto& t : tl) {
+    if (t.attend >= 0 && t.queries >= 0) waited += t.attend - t.queries;
+    if (t.select_end >= 0) select_ms += t.select_end - t.select_begin;
+    if (t.recall_end >= 0) recall_ms += t.recall_end - t.recall_begin, last_recall = std::max(last_recall, t.recall_end);
+    lines += absl::StrFormat("    L%-2d %s queries %6.3f attend %6.3f attended %6.3f | select %6.3f-%6.3f | recall %6.3f-%6.3f\n",
+                             t.layer, t.sparse ? "s" : "d", t.queries, t.attend, t.attended, t.select_begin, t.select_end,
+                             t.recall_begin, t.recall_end);
+  }
+  Note(absl::StrFormat("%s timeline (ms from the step's first Select; a step is %.3f ms): attention waited for "
+                       "recalls %.3f ms in all; selections %.3f ms and recalls %.3f ms of stream time; the last "
+                       "recall ended at %.3f\n%s",
+                       tag, step_ms, waited, select_ms, recall_ms, last_recall, lines));
+}
+
 // Appends `tokens` rows of random K/V to every layer, `chunk` at a time, committing each chunk. `settle_every`
 // > 0 calls FinishAppend on a recall context every that many tokens (incremental clustering).
 void FillRandom(CudaBackend* gpu, const ModelConfig& c, KvContext* kv, int64_t tokens, int64_t chunk, uint64_t seed,
@@ -485,6 +510,7 @@ void Run() {
              "weight-read floor, goal <= 1.10 (greedy tokens of random weights)");
       Report("decode_sparse_" + tag + "_step_p90_ms", st.p90_ms, "ms", st.p90_ms / floor_ms, "weight-read floor");
       ReportRecall("sparse_" + tag, kv->counters(), steps + 3);
+      PrintTimeline("sparse_" + tag, *model, kv.get(), &logits, st.median_ms);
       const double dense = dense_ms.back().second;
       Report("speedup_sparse_vs_dense_" + tag, dense / st.median_ms, "x", dense / st.median_ms,
              ctx == 32768 ? "our dense path, goal >= 1.2" : "our dense path, goal >= 1.9");
@@ -513,6 +539,32 @@ void Run() {
                "weight-read floor (synchronous selection, greedy tokens)");
         ReportRecall("sparse_32k_nospec", kv->counters(), 13);
         kv->set_speculative(true);
+      }
+      // The recall gather's shape (the default is RecallOptions::gather_ctas x gather_threads): fewer outstanding
+      // PCIe loads leave the step's weight stream more of the memory system; enough must stay for the link's rate.
+      for (auto [ctas, threads] : {std::pair<int, int>{32, 512}, {8, 512}, {4, 512}, {2, 512}, {8, 256}, {4, 256},
+                                   {8, 128}}) {
+        if (ctx != 32768 && threads != 256) continue;
+        kv->set_gather(ctas, threads);
+        kv->ResetCounters();
+        const StepStats g = Decode(*model, kv.get(), &logits, 3, 10);
+        Report(absl::StrFormat("decode_sparse_%s_gather_%dx%d_step_ms", tag.c_str(), ctas, threads), g.median_ms, "ms",
+               g.median_ms / floor_ms, "weight-read floor (recall gather of CTAs x threads, greedy tokens)");
+        ReportRecall(absl::StrFormat("sparse_%s_gather_%dx%d", tag.c_str(), ctas, threads), kv->counters(), 13);
+      }
+      kv->set_gather(o.gather_ctas, o.gather_threads);
+      if (ctx == 32768) {
+        // The select and recall streams at the default priority (as before RecallOptions::prioritize_recall).
+        RecallOptions plain = SparseOptions(ctx + 4096);
+        plain.prioritize_recall = false;
+        auto kv3 = Check(CudaRecallKvContext::Create(config, plain, gpu.get()), "recall kv (default priority)");
+        kv3->ExpectInputEnd(ctx);
+        FillRandom(gpu.get(), config, kv3.get(), ctx, 4096, 7);
+        kv3->ResetCounters();
+        const StepStats p = Decode(*model, kv3.get(), &logits, 3, 10);
+        Report("decode_sparse_32k_default_priority_step_ms", p.median_ms, "ms", p.median_ms / floor_ms,
+               "weight-read floor (select and recall streams at default priority, greedy tokens)");
+        ReportRecall("sparse_32k_default_priority", kv3->counters(), 13);
       }
       if (ctx == 32768) {
         // A device cache that holds the whole context (cache_tokens_per_head = context): once warm, nothing is

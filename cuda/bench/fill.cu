@@ -29,28 +29,11 @@ __global__ void FillKernel(T* x, int64_t n, uint64_t seed, float scale) {
 
 __global__ void EmptyKernel() {}
 
-__global__ void GatherKernel(const uint8_t* const* src, uint8_t* const* dst, const uint32_t* bytes, int32_t n) {
-  const int lane = threadIdx.x & 31;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; i < n; i += warps) {
-    const uint4* s = reinterpret_cast<const uint4*>(src[i]);
-    uint4* d = reinterpret_cast<uint4*>(dst[i]);
-    const uint32_t units = bytes[i] / 16;
-    for (uint32_t u = lane; u < units; u += 32) d[u] = s[u];
-  }
-}
-
 }  // namespace
 
 absl::Status LaunchEmpty(cudaStream_t stream) {
   EmptyKernel<<<1, 32, 0, stream>>>();
   return LaunchStatus("EmptyKernel");
-}
-
-absl::Status GatherPieces(const uint8_t* const* src, uint8_t* const* dst, const uint32_t* bytes, int32_t n, int32_t ctas,
-                          cudaStream_t stream) {
-  GatherKernel<<<ctas, 512, 0, stream>>>(src, dst, bytes, n);
-  return LaunchStatus("GatherKernel");
 }
 
 absl::Status FillUniformBf16(__nv_bfloat16* x, int64_t n, uint64_t seed, float scale, cudaStream_t stream) {

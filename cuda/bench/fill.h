@@ -21,11 +21,6 @@ absl::Status FillUniformF32(float* x, int64_t n, uint64_t seed, float scale, cud
 // An empty kernel (one CTA of 32 threads): the launch-latency floor.
 absl::Status LaunchEmpty(cudaStream_t stream);
 
-// Zero-copy gather by SM loads: piece i copies bytes[i] (a multiple of 16) from src[i] (e.g. mapped pinned host
-// memory) to dst[i], one warp per piece at a time, `ctas` CTAs of 512 threads. Arrays live in device memory.
-absl::Status GatherPieces(const uint8_t* const* src, uint8_t* const* dst, const uint32_t* bytes, int32_t n, int32_t ctas,
-                          cudaStream_t stream);
-
 }  // namespace cuda
 }  // namespace livekv
 

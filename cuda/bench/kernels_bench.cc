@@ -25,6 +25,7 @@
 #include "cuda/ops/elementwise.h"
 #include "cuda/ops/gemm.h"
 #include "cuda/ops/kmeans.h"
+#include "cuda/ops/kv_layout.h"
 #include "cuda/ops/sampling.h"
 #include "cuda/ops/selection.h"
 #include "cuda/runtime/blas_handle.h"
@@ -538,22 +539,72 @@ void Run() {
         const double g2 = total / (ms2 * 1e-3) / 1e9;
         Report(name + "_per_copy", g2, "GB/s", g2 / h2d, "measured pinned H2D");
       }
-      // Zero-copy SM gather of the same pieces.
-      std::vector<const uint8_t*> hs(sv.size());
-      std::vector<uint8_t*> hd(d.size());
-      std::vector<uint32_t> hb(b.size());
-      for (size_t i = 0; i < sv.size(); ++i) hs[i] = static_cast<const uint8_t*>(sv[i]), hd[i] = static_cast<uint8_t*>(d[i]), hb[i] = uint32_t(b[i]);
-      DeviceBuffer ds = Alloc(hs.size() * 8), dd = Alloc(hd.size() * 8), db = Alloc(hb.size() * 4);
-      BENCH_CHECK(CudaStatus(cudaMemcpy(ds.data(), hs.data(), hs.size() * 8, cudaMemcpyHostToDevice), "up"));
-      BENCH_CHECK(CudaStatus(cudaMemcpy(dd.data(), hd.data(), hd.size() * 8, cudaMemcpyHostToDevice), "up"));
-      BENCH_CHECK(CudaStatus(cudaMemcpy(db.data(), hb.data(), hb.size() * 4, cudaMemcpyHostToDevice), "up"));
-      for (int ctas_g : {16, 132}) {
-        const double ms3 = TimeMs(s, [&](int) {
-          BENCH_CHECK(GatherPieces(ds.as<const uint8_t* const>(), dd.as<uint8_t* const>(), db.as<uint32_t>(), int32_t(hs.size()),
-                                   ctas_g, s));
-        }, 3, 5);
+      // Zero-copy SM gather of the same pieces: the engine's recall kernel (GatherRuns), descriptors in device memory.
+      std::vector<CopyRun> runs(sv.size());
+      for (size_t i = 0; i < sv.size(); ++i) runs[i] = CopyRun{sv[i], d[i], b[i]};
+      DeviceBuffer dr = Alloc(runs.size() * sizeof(CopyRun));
+      BENCH_CHECK(CudaStatus(cudaMemcpy(dr.data(), runs.data(), runs.size() * sizeof(CopyRun), cudaMemcpyHostToDevice),
+                             "upload runs"));
+      const int32_t nr = static_cast<int32_t>(runs.size());
+      // (CTAs, threads per CTA): the engine's default first.
+      const std::vector<std::pair<int, int>> shapes = {{32, 512}, {132, 512}, {8, 512}, {4, 512}, {2, 512},
+                                                       {8, 256}, {4, 256}, {16, 128}, {8, 128}};
+      for (auto [ctas_g, threads_g] : shapes) {
+        if (!per_copy && threads_g != 512) continue;
+        const double ms3 =
+            TimeMs(s, [&](int) { BENCH_CHECK(GatherRuns(dr.as<CopyRun>(), nr, ctas_g, threads_g, s)); }, 3, 5);
         const double g3 = total / (ms3 * 1e-3) / 1e9;
-        Report(absl::StrFormat("%s_sm_gather_%dcta", name, ctas_g), g3, "GB/s", g3 / h2d, "measured pinned H2D");
+        Report(absl::StrFormat("%s_sm_gather_%dx%d", name, ctas_g, threads_g), g3, "GB/s", g3 / h2d,
+               "measured pinned H2D");
+      }
+      if (!per_copy) return;
+      // The recall runs beside the decode step's weight stream: a gather on a high-priority stream while the GEMV
+      // streams gate/up weights (4096 x 28672, the largest decode matrix) on the compute stream. Reported: the
+      // GEMV's rate beside the gather / alone, and the gather's rate beside the GEMV / pinned H2D.
+      const int64_t gk = 4096, gm = 28672;
+      const int copies = 4;  // 940 MB of weights: beyond L2
+      DeviceBuffer w = Alloc(copies * gm * gk * 2), x = Alloc(gk * 2), o = Alloc(gm * 2);
+      BENCH_CHECK(FillUniformBf16(w.as<bf16>(), copies * gm * gk, 4, 0.05f, s));
+      BENCH_CHECK(FillUniformBf16(x.as<bf16>(), gk, 5, 1.0f, s));
+      int least = 0, greatest = 0;
+      BENCH_CHECK(CudaStatus(cudaDeviceGetStreamPriorityRange(&least, &greatest), "priority range"));
+      auto side_or = Stream::Create(false, greatest);
+      BENCH_CHECK(side_or.status());
+      Stream side = std::move(*side_or);
+      auto gemv_loop = [&](int iters) {
+        for (int i = 0; i < iters; ++i) {
+          BENCH_CHECK(gemm.Linear({x.as<bf16>(), 1, gk, w.as<bf16>() + (i % copies) * gm * gk, gm, nullptr, o.data(),
+                                   GemmOutput::kBf16}, s));
+        }
+      };
+      const int iters = 16;  // ~1.3 ms of weights: within one gather of the set (75 MB, >= 1.4 ms at 54 GB/s)
+      const double alone_ms = TimeMs(s, [&](int) { gemv_loop(iters); }, 1, 5) / iters;
+      auto t0 = Event::Create(true), t1 = Event::Create(true), t2 = Event::Create(true);
+      BENCH_CHECK(t0.status());
+      BENCH_CHECK(t1.status());
+      BENCH_CHECK(t2.status());
+      for (auto [ctas_g, threads_g] : shapes) {
+        std::vector<double> gemv_ms, gather_ms;
+        for (int r = 0; r < 5; ++r) {
+          BENCH_CHECK(t0->Record(s));
+          BENCH_CHECK(CudaStatus(cudaStreamWaitEvent(side.get(), t0->get(), 0), "wait"));
+          BENCH_CHECK(GatherRuns(dr.as<CopyRun>(), nr, ctas_g, threads_g, side.get()));
+          BENCH_CHECK(t2->Record(side.get()));
+          gemv_loop(iters);
+          BENCH_CHECK(t1->Record(s));
+          BENCH_CHECK(t1->Synchronize());
+          BENCH_CHECK(t2->Synchronize());
+          gemv_ms.push_back(*Event::ElapsedMs(*t0, *t1) / iters);
+          gather_ms.push_back(*Event::ElapsedMs(*t0, *t2));
+        }
+        std::sort(gemv_ms.begin(), gemv_ms.end());
+        std::sort(gather_ms.begin(), gather_ms.end());
+        const double gv = gemv_ms[2], ga = gather_ms[2];
+        Report(absl::StrFormat("gemv_4096x28672_beside_gather_%dx%d", ctas_g, threads_g),
+               gm * gk * 2.0 / (gv * 1e-3) / 1e9, "GB/s", alone_ms / gv,
+               absl::StrFormat("the GEMV alone (%.1f us)", alone_ms * 1e3));
+        Report(absl::StrFormat("%s_sm_gather_%dx%d_beside_gemv", name, ctas_g, threads_g), total / (ga * 1e-3) / 1e9,
+               "GB/s", total / (ga * 1e-3) / 1e9 / h2d, "measured pinned H2D");
       }
     };
     {

@@ -111,12 +111,17 @@ absl::Status HeadMajorToTokenMajor(const void* src, int64_t capacity, int64_t ro
   return HeadMajorImpl(false, dst, const_cast<void*>(src), n, heads, capacity, row0, row_bytes, stream);
 }
 
-absl::Status GatherRuns(const CopyRun* runs, int32_t n, int32_t ctas, cudaStream_t stream) {
+absl::Status GatherRuns(const CopyRun* runs, int32_t n, int32_t ctas, int32_t threads, cudaStream_t stream) {
   static_assert(sizeof(CopyRun) == sizeof(kernels::CopyRunDesc), "CopyRun layout");
-  if (n < 0 || ctas <= 0) return absl::InvalidArgumentError(absl::StrCat("gather_runs: n ", n, ", ctas ", ctas));
+  if (n < 0 || ctas <= 0 || threads < 32 || threads > 1024 || threads % 32 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gather_runs: n ", n, ", ctas ", ctas, ", threads ", threads, " (a multiple of 32 up to 1024)"));
+  }
   if (n == 0) return absl::OkStatus();
   if (runs == nullptr) return absl::InvalidArgumentError("gather_runs: null runs");
-  kernels::GatherRunsKernel<<<static_cast<unsigned>(std::min(ctas, (n + 15) / 16)), 512, 0, stream>>>(
+  const int32_t warps = threads / 32;
+  kernels::GatherRunsKernel<<<static_cast<unsigned>(std::min(ctas, (n + warps - 1) / warps)),
+                              static_cast<unsigned>(threads), 0, stream>>>(
       reinterpret_cast<const kernels::CopyRunDesc*>(runs), n);
   return LaunchStatus("GatherRunsKernel");
 }

@@ -47,11 +47,13 @@ struct CopyRun {
   uint64_t bytes;
 };
 
-// Copies every run with SM loads and stores (`ctas` CTAs of 512 threads, one warp per run at a time). `runs` (n
-// of them) and every source must be readable by the device: device memory, or mapped pinned host memory (then
-// this is a zero-copy gather over PCIe: the recall path's alternative to copy-engine transfers of small runs).
-// Destinations are device memory. Runs must not overlap each other's destinations.
-absl::Status GatherRuns(const CopyRun* runs, int32_t n, int32_t ctas, cudaStream_t stream);
+// Copies every run with SM loads and stores (`ctas` CTAs of `threads` threads, a multiple of 32 up to 1024; one
+// warp per run at a time, four 16-byte loads in flight per lane). `runs` (n of them) and every source must be
+// readable by the device: device memory, or mapped pinned host memory (then this is a zero-copy gather over PCIe:
+// the recall path's alternative to copy-engine transfers of small runs). Destinations are device memory. Runs must
+// not overlap each other's destinations. Over PCIe, the warps' outstanding loads (ctas x threads x 64 bytes) are
+// what the gather costs kernels running beside it: a few CTAs reach the link's rate (kernels_bench).
+absl::Status GatherRuns(const CopyRun* runs, int32_t n, int32_t ctas, int32_t threads, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace livekv

@@ -9,6 +9,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/testing/test_util.h"
@@ -142,7 +143,7 @@ TEST_F(KvLayoutTest, GatherRunsCopiesPinnedRunsExactly) {
   std::vector<uint8_t> src = RandomBytes(src_bytes, &rng);
   std::memcpy(host->data(), src.data(), src_bytes);
   for (int32_t n : {1, 7, 97, 600}) {
-    for (int32_t ctas : {1, 16}) {
+    for (auto [ctas, threads] : {std::pair<int32_t, int32_t>{1, 512}, {16, 512}, {3, 96}, {2, 1024}}) {
       DeviceArray<uint8_t> dst(src_bytes);
       auto list = PinnedHostBuffer::Create(n * sizeof(CopyRun), true);
       ASSERT_TRUE(list.ok());
@@ -158,10 +159,14 @@ TEST_F(KvLayoutTest, GatherRunsCopiesPinnedRunsExactly) {
         std::memcpy(want.data() + off, src.data() + from, bytes);
         off += bytes + 16 * (rng() % 3);  // gaps stay poisoned
       }
-      ASSERT_TRUE(GatherRuns(runs, count, ctas, stream()).ok());
+      ASSERT_TRUE(GatherRuns(runs, count, ctas, threads, stream()).ok());
       Sync();
-      EXPECT_EQ(dst.ToHost(), want) << n << " runs, " << ctas << " CTAs";
+      EXPECT_EQ(dst.ToHost(), want) << n << " runs, " << ctas << " CTAs of " << threads << " threads";
     }
+  }
+  for (auto [ctas, threads] : {std::pair<int32_t, int32_t>{0, 512}, {1, 0}, {1, 48}, {1, 2048}}) {
+    EXPECT_EQ(GatherRuns(nullptr, 1, ctas, threads, stream()).code(), absl::StatusCode::kInvalidArgument)
+        << ctas << " CTAs of " << threads << " threads";
   }
 }
 

@@ -97,6 +97,15 @@ struct CudaRecallKvContext::Layer {
   std::vector<cuda::CopyRun> runs;
   // Events (see the header's timeline).
   cuda::Event q_ready, attn_done, sel_done, recall_done, gathered;
+  // Timing events of the diagnostic timeline (LayerTimeline's fields, in order), made when it is switched on, and
+  // which of the step's marks were recorded.
+  enum Mark { kQueries, kAttend, kAttended, kSelectBegin, kSelectEnd, kRecallBegin, kRecallEnd, kMarks };
+  cuda::Event marks[kMarks];
+  bool marked[kMarks] = {};
+  void Mark(bool on, int m, cudaStream_t s) {
+    if (!on || marks[m].get() == nullptr) return;
+    marked[m] = marks[m].Record(s).ok();
+  }
 
   void Unlink(int32_t id) {
     CacheEntry& e = entries[id];
@@ -140,6 +149,8 @@ CudaRecallKvContext::CudaRecallKvContext(const ModelConfig& config, const Recall
       d_(static_cast<int32_t>(config.head_dim)),
       speculative_(options.speculative),
       copy_(options.copy),
+      gather_ctas_(options.gather_ctas),
+      gather_threads_(options.gather_threads),
       device_alloc_(backend->device()) {}
 
 absl::StatusOr<std::unique_ptr<CudaRecallKvContext>> CudaRecallKvContext::Create(const ModelConfig& config,
@@ -164,10 +175,14 @@ absl::StatusOr<std::unique_ptr<CudaRecallKvContext>> CudaRecallKvContext::Create
           absl::StrCat("the GPU k-means clusters head_dim 64, 128 or 256, not ", config.head_dim));
     }
   }
-  if (options.max_tokens < 0 || options.host_slack < 1.0 || options.cache_tokens_per_head < 0) {
+  if (options.max_tokens < 0 || options.host_slack < 1.0 || options.cache_tokens_per_head < 0 ||
+      options.gather_ctas <= 0 || options.gather_threads < 32 || options.gather_threads > 1024 ||
+      options.gather_threads % 32 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("recall options: max_tokens ", options.max_tokens, ", host_slack ",
                                                    options.host_slack, ", cache_tokens_per_head ",
-                                                   options.cache_tokens_per_head));
+                                                   options.cache_tokens_per_head, ", gather ",
+                                                   options.gather_ctas, " CTAs of ", options.gather_threads,
+                                                   " threads"));
   }
   std::unique_ptr<CudaRecallKvContext> c(new CudaRecallKvContext(config, options, backend));
   LIVEKV_RETURN_IF_ERROR(c->Init());
@@ -181,15 +196,17 @@ bool CudaRecallKvContext::Sparse(int layer) const {
 }
 
 absl::Status CudaRecallKvContext::Init() {
-  LIVEKV_ASSIGN_OR_RETURN(select_stream_, cuda::Stream::Create());
   // The clustering stream has the highest priority: a layer's k-means takes the SMs as soon as its keys are
   // appended instead of trailing the prefill's kernels (the work is the same either way; finishing each layer's
-  // clustering early bounds how far it lags the prefill, and its elapsed time is its own).
+  // clustering early bounds how far it lags the prefill, and its elapsed time is its own). The select and recall
+  // streams too (options_.prioritize_recall): see RecallOptions.
   int least_priority = 0, greatest_priority = 0;
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetStreamPriorityRange(&least_priority, &greatest_priority));
   LIVEKV_ASSIGN_OR_RETURN(cluster_stream_, cuda::Stream::Create(/*blocking=*/false, greatest_priority));
+  const int recall_priority = options_.prioritize_recall ? greatest_priority : 0;
+  LIVEKV_ASSIGN_OR_RETURN(select_stream_, cuda::Stream::Create(/*blocking=*/false, recall_priority));
   for (cuda::Stream& s : recall_streams_) {
-    LIVEKV_ASSIGN_OR_RETURN(s, cuda::Stream::Create());
+    LIVEKV_ASSIGN_OR_RETURN(s, cuda::Stream::Create(/*blocking=*/false, recall_priority));
   }
   int sparse = 0;
   for (int l = 0; l < config_.num_layers; ++l) sparse += Sparse(l);
@@ -311,9 +328,14 @@ absl::Status CudaRecallKvContext::Select(int layer, TensorView q, ContextKv* ctx
     if (decode_chunk_) {
       ++counters_.decode_steps;
       LIVEKV_RETURN_IF_ERROR(ClusterDueLayers());  // a decode step is a settle point
+      if (timeline_) {
+        LIVEKV_RETURN_IF_ERROR(step_begin_.Record(backend_->stream()));
+        for (auto& l : layers_) std::fill(std::begin(l->marked), std::end(l->marked), false);
+      }
     }
   }
   Layer& L = *layers_[layer];
+  L.Mark(timeline_ && decode_chunk_, Layer::kQueries, backend_->stream());
   ctx->dtype = DType::kBF16;
   ctx->heads.assign(hkv_, {});
   const size_t row = layout_.row_bytes();
@@ -374,6 +396,7 @@ absl::Status CudaRecallKvContext::Select(int layer, TensorView q, ContextKv* ctx
   }
   // Attention waits for the recall on the device, not on the host.
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(backend_->stream(), L.recall_done.get(), 0));
+  L.Mark(timeline_, Layer::kAttend, backend_->stream());
   for (int32_t h = 0; h < hkv_; ++h) {
     for (const Placed& p : L.current.heads[h]) add_runs(h, L.current.pages.data() + p.page_begin, p.tokens);
   }
@@ -395,6 +418,7 @@ absl::Status CudaRecallKvContext::Append(int layer, TensorView k, TensorView v) 
   // must come after it.
   LIVEKV_RETURN_IF_ERROR(L.attn_done.Record(backend_->stream()));
   const int64_t n = k.dim(0);
+  L.Mark(timeline_ && n == 1, Layer::kAttended, backend_->stream());
   LIVEKV_RETURN_IF_ERROR(GrowTail(L, L.rows + L.pending + n));
   LIVEKV_RETURN_IF_ERROR(backend_->ScatterHeadMajor(k, L.tail_k.view(), L.rows + L.pending));
   LIVEKV_RETURN_IF_ERROR(backend_->ScatterHeadMajor(v, L.tail_v.view(), L.rows + L.pending));
@@ -757,10 +781,12 @@ absl::Status CudaRecallKvContext::LaunchSpeculativeSelect(int layer, TensorView 
       cudaMemcpyAsync(L.q_snap.data(), q.data, static_cast<size_t>(hq_) * d_ * 2, cudaMemcpyDeviceToDevice, cs));
   LIVEKV_RETURN_IF_ERROR(L.q_ready.Record(cs));
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(ss, L.q_ready.get(), 0));
+  L.Mark(timeline_, Layer::kSelectBegin, ss);
   LIVEKV_RETURN_IF_ERROR(EnqueueSelect(L, L.q_snap.as<bf16>(), cluster_budget, /*slot=*/0, ss));
   const SelLayout lay = SelectLayout(hkv_, L.c);
   LIVEKV_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(L.spec_out.data(), select_out_[0].as<uint8_t>(), lay.bytes, cudaMemcpyDeviceToHost, ss));
+  L.Mark(timeline_, Layer::kSelectEnd, ss);
   LIVEKV_RETURN_IF_ERROR(L.sel_done.Record(ss));
   L.armed = true;  // the worker's job is posted at Append, once the attention it must follow is enqueued
   return absl::OkStatus();
@@ -840,6 +866,7 @@ absl::Status CudaRecallKvContext::Recall(Layer& L, const int32_t* chosen, const 
   if (!L.runs.empty()) {
     // Hazard 2 (seeds.md §2.8): pages the layer's in-flight attention reads are overwritten only after it.
     if (wait != nullptr) LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(stream, wait, 0));
+    L.Mark(timeline_, Layer::kRecallBegin, stream);
     const size_t n = L.runs.size();
     st.copies += static_cast<int64_t>(n);
     switch (copy_) {
@@ -854,7 +881,7 @@ absl::Status CudaRecallKvContext::Recall(Layer& L, const int32_t* chosen, const 
         }
         std::memcpy(L.desc[b].data(), L.runs.data(), n * sizeof(cuda::CopyRun));
         LIVEKV_RETURN_IF_ERROR(cuda::GatherRuns(L.desc[b].as<cuda::CopyRun>(), static_cast<int32_t>(n),
-                                                options_.gather_ctas, stream));
+                                                gather_ctas_, gather_threads_, stream));
         LIVEKV_RETURN_IF_ERROR(L.gather_done[b].Record(stream));
         break;
       }
@@ -876,6 +903,7 @@ absl::Status CudaRecallKvContext::Recall(Layer& L, const int32_t* chosen, const 
         }
         break;
     }
+    L.Mark(timeline_, Layer::kRecallEnd, stream);
   }
   return L.recall_done.Record(stream);
 }
@@ -953,6 +981,45 @@ absl::Status CudaRecallKvContext::DrainJobs() {
     L->stats = Layer::JobStats();
   }
   return first;
+}
+
+void CudaRecallKvContext::set_timeline(bool on) {
+  timeline_ = false;
+  if (!on) return;
+  if (step_begin_.get() == nullptr) {
+    absl::StatusOr<cuda::Event> e = cuda::Event::Create(/*timing=*/true);
+    if (!e.ok()) return;
+    step_begin_ = std::move(*e);
+  }
+  for (auto& L : layers_) {
+    for (cuda::Event& m : L->marks) {
+      if (m.get() != nullptr) continue;
+      absl::StatusOr<cuda::Event> e = cuda::Event::Create(/*timing=*/true);
+      if (!e.ok()) return;
+      m = std::move(*e);
+    }
+  }
+  timeline_ = true;
+}
+
+absl::StatusOr<std::vector<CudaRecallKvContext::LayerTimeline>> CudaRecallKvContext::LastStepTimeline() const {
+  if (step_begin_.get() == nullptr) return absl::FailedPreconditionError("the timeline was never switched on");
+  LIVEKV_RETURN_IF_ERROR(step_begin_.Synchronize());
+  std::vector<LayerTimeline> out;
+  for (const auto& L : layers_) {
+    LayerTimeline t;
+    t.layer = L->index;
+    t.sparse = !L->dense && L->c > 0;
+    double* field[Layer::kMarks] = {&t.queries,    &t.attend,       &t.attended,  &t.select_begin,
+                                    &t.select_end, &t.recall_begin, &t.recall_end};
+    for (int m = 0; m < Layer::kMarks; ++m) {
+      if (!L->marked[m]) continue;
+      LIVEKV_RETURN_IF_ERROR(L->marks[m].Synchronize());
+      LIVEKV_ASSIGN_OR_RETURN(*field[m], cuda::Event::ElapsedMs(step_begin_, L->marks[m]));
+    }
+    out.push_back(t);
+  }
+  return out;
 }
 
 void CudaRecallKvContext::set_speculative(bool on) {

@@ -47,6 +47,7 @@
 #ifndef LIVEKV_ENGINE_CUDA_RECALL_KV_CONTEXT_H_
 #define LIVEKV_ENGINE_CUDA_RECALL_KV_CONTEXT_H_
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -90,7 +91,17 @@ struct RecallOptions {
   // zero-copy from pinned memory.
   int32_t cache_tokens_per_head = 0;
   RecallCopy copy = RecallCopy::kGather;
-  int32_t gather_ctas = 32;  // CTAs of the gather kernel (kGather)
+  // The gather kernel (kGather): CTAs and threads per CTA. Its outstanding PCIe loads (ctas x threads x 64 B) slow
+  // the kernels beside it (the step's weight stream) far more than the bytes it moves: few CTAs, enough for the link.
+  // H100 (kernels_bench, engine_bench): 8 x 256 moves 0.89 of pinned H2D alone and slows a GEMV beside it to 0.88
+  // (32 x 512: 0.92 and 0.61); the 32k sparse step 9.2 -> 7.7 ms.
+  int32_t gather_ctas = 8;
+  int32_t gather_threads = 256;
+  // The select and recall streams at the device's highest priority. The decode step's compute stream always has
+  // its next kernel pending (programmatic launch), so at equal priority the speculative selection and the recall
+  // for step t+1 get SMs only when that chain drains, at the step's end, and the step waits for them. false: the
+  // default priority (kept for comparison).
+  bool prioritize_recall = true;
   // K-means convergence: a clustering stops before policy.kmeans_iterations once an assignment changes at most
   // this fraction of its labels (cuda::KMeansRun's stop_fraction; decided on the device, no host sync). 0: always
   // run every iteration.
@@ -140,6 +151,27 @@ class CudaRecallKvContext : public KvContext {
   // Benchmarks switch these between steps (from the next step on).
   void set_speculative(bool on);
   void set_copy(RecallCopy copy) { copy_ = copy; }
+  void set_gather(int32_t ctas, int32_t threads) {
+    gather_ctas_ = std::max<int32_t>(1, ctas);
+    gather_threads_ = std::clamp<int32_t>(threads / 32 * 32, 32, 1024);
+  }
+
+  // Diagnostics (benchmarks): with the timeline on, timing events mark each layer of every decode step on the
+  // compute, select and recall streams; LastStepTimeline() reads those of the last step (synchronizing the device),
+  // in milliseconds from the step's first Select. Off by default (the events cost a few microseconds per layer).
+  struct LayerTimeline {
+    int layer = 0;
+    bool sparse = false;
+    double queries = -1;       // the compute stream reached the layer's Select (its queries exist)
+    double attend = -1;        // ... and the recall the attention waits for had landed (sparse layers)
+    double attended = -1;      // the attention done (the layer's Append)
+    double select_begin = -1;  // the speculative selection for the next step, on the select stream
+    double select_end = -1;    //   (its result copied to the host); -1: none this step
+    double recall_begin = -1;  // the recall of its misses, on a recall stream (after the attention); -1: none
+    double recall_end = -1;
+  };
+  void set_timeline(bool on);
+  absl::StatusOr<std::vector<LayerTimeline>> LastStepTimeline() const;
 
   // What the last decode step of `layer` attended for KV head `head`, page by page of each selected cluster (for
   // tests): the cluster, the page's tokens, where attention read it on the device and the pinned page it came from.
@@ -211,11 +243,15 @@ class CudaRecallKvContext : public KvContext {
   const int32_t hkv_, hq_, d_;
   bool speculative_;
   RecallCopy copy_;
+  int32_t gather_ctas_;
+  int32_t gather_threads_;
   int64_t committed_ = 0;
   int64_t input_end_ = -1;
   bool chunk_started_ = false;
   bool decode_chunk_ = false;
   RecallCounters counters_;
+  bool timeline_ = false;
+  cuda::Event step_begin_;  // timing event at the decode step's first Select (timeline)
 
   cuda::CudaPinnedAllocator pinned_alloc_{/*mapped=*/true};
   cuda::CudaDeviceAllocator device_alloc_;
