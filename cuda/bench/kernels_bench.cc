@@ -415,7 +415,11 @@ void Run() {
                  chosen = Alloc(size_t(heads) * C * 4), count = Alloc(heads * 4), taken = Alloc(heads * 8);
     BENCH_CHECK(FillUniformBf16(q.as<bf16>(), int64_t(heads) * group * d, 16, 1.0f, s));
     BENCH_CHECK(FillUniformF32(cent.as<float>(), int64_t(heads) * C * d, 17, 1.0f, s));
-    std::vector<int32_t> hs(size_t(heads) * C, 32);
+    // Cluster sizes as k-means leaves them: mostly around 32 tokens, some empty (the greedy's second phase then
+    // walks the sorted order until the budget is exactly spent).
+    std::mt19937 zr(15);
+    std::vector<int32_t> hs(size_t(heads) * C);
+    for (int32_t& z : hs) z = zr() % 8 == 0 ? 0 : static_cast<int32_t>(1 + zr() % 63);
     BENCH_CHECK(CudaStatus(cudaMemcpy(sizes.data(), hs.data(), hs.size() * 4, cudaMemcpyHostToDevice), "sizes"));
     DeviceBuffer ws = Alloc(ScoreWorkspaceBytes(heads, group, C));
     const double ms = TimeMs(s, [&](int) {
@@ -434,6 +438,24 @@ void Run() {
     }, 50, 7);
     const double floor_us = double(heads) * C * d * 4 / (hbm * 1e9) * 1e6;
     Report(absl::StrFormat("select_score_C%d_us", C), ms * 1e3, "us", floor_us / (ms * 1e3), "floor centroids/HBM");
+    // The same selection in two launches (what the recall path runs for a decode step).
+    const double fused_ms = TimeMs(s, [&](int) {
+      FusedSelectArgs f;
+      f.q = q.as<bf16>();
+      f.heads = heads;
+      f.group = group;
+      f.head_dim = d;
+      f.centroids = cent.as<float>();
+      f.sizes = sizes.as<int32_t>();
+      f.blocks = C;
+      f.budget = 2048;
+      f.chosen = chosen.as<int32_t>();
+      f.count = count.as<int32_t>();
+      f.taken = taken.as<int64_t>();
+      BENCH_CHECK(FusedSelect(f, ws.data(), ws.bytes(), s));
+    }, 50, 7);
+    Report(absl::StrFormat("select_fused_C%d_us", C), fused_ms * 1e3, "us", floor_us / (fused_ms * 1e3),
+           "floor centroids/HBM (ScoreKernel + PoolSelectKernel)");
   }
 
   // ---- Host selection (the query copied back) vs the GPU's, decode, 8 KV heads x group 4 -----------------------

@@ -9,6 +9,8 @@
 //                 (score, index) keys, in shared memory up to kSelectSmemKeys blocks, else in a global workspace)
 //                 then take them greedily while they fit the token budget (a skipped block does not stop smaller
 //                 ones after it), returning the chosen indices in ascending order — SelectGreedy's contract.
+//   PoolSelectKernel  RowStats + Pool + Select in one kernel, per head one CTA (up to 8 query vectors per head):
+//                 after ScoreKernel, a decode step's selection is two launches instead of four.
 #ifndef LIVEKV_CUDA_KERNELS_SELECTION_CUH_
 #define LIVEKV_CUDA_KERNELS_SELECTION_CUH_
 
@@ -137,48 +139,88 @@ struct SelectParams {
   int64_t* taken;          // [heads] tokens taken
 };
 
-// grid: heads; block: kSelectThreads. Dynamic shared memory: pow2 * 8 + blocks bytes when keys/flags are null.
-static __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ int64_t scan_scratch[32];
-  __shared__ int64_t s_left;
-  __shared__ int32_t s_min;
-  const int h = blockIdx.x;
+// Sorts keys[0, n) descending (n a power of two; every thread of the CTA calls it; keys visible to all before,
+// sorted and visible after). Bitonic: the stages that pair elements 256 or more apart go through memory, one
+// barrier each; the others run on chunks of 8 keys in registers, a warp's 32 chunks (256 keys) exchanging by
+// shuffles, so a sort of 4096 keys takes 22 barriers instead of 78.
+__device__ __forceinline__ void BitonicSortDescending(uint64_t* keys, int n) {
   const int tid = threadIdx.x, nt = blockDim.x;
-  uint64_t* keys = p.keys != nullptr ? p.keys + static_cast<int64_t>(h) * p.pow2 : reinterpret_cast<uint64_t*>(smem);
-  uint8_t* flags = p.flags != nullptr ? p.flags + static_cast<int64_t>(h) * p.blocks
-                                      : reinterpret_cast<uint8_t*>(smem) + static_cast<size_t>(p.pow2) * 8;
-  const float* pooled = p.pooled + static_cast<int64_t>(h) * p.blocks;
-  const int32_t* sizes = p.sizes + static_cast<int64_t>(h) * p.blocks;
-
-  for (int i = tid; i < p.pow2; i += nt) keys[i] = i < p.blocks ? SelectKey(pooled[i], i) : 0ull;
-  for (int i = tid; i < p.blocks; i += nt) flags[i] = 0;
-  __syncthreads();
-  // Bitonic sort, descending.
-  for (int k = 2; k <= p.pow2; k <<= 1) {
-    for (int j = k >> 1; j > 0; j >>= 1) {
-      for (int i = tid; i < p.pow2; i += nt) {
-        const int ixj = i ^ j;
-        if (ixj > i) {
-          const uint64_t a = keys[i], b = keys[ixj];
-          const bool descending = (i & k) == 0;
-          if (descending ? a < b : a > b) {
-            keys[i] = b;
-            keys[ixj] = a;
-          }
+  if (n < 256) {  // fewer than a warp's chunks: the plain pair loop
+    for (int k = 2; k <= n; k <<= 1) {
+      for (int j = k >> 1; j > 0; j >>= 1) {
+        for (int t = tid; t < n / 2; t += nt) {
+          const int i = 2 * t - (t & (j - 1));
+          const uint64_t a = keys[i], b = keys[i + j];
+          if ((i & k) == 0 ? a < b : a > b) keys[i] = b, keys[i + j] = a;
         }
+        __syncthreads();
+      }
+    }
+    return;
+  }
+  const int chunks = n / 8;  // a multiple of 32: chunk loops are warp-uniform
+  for (int k = 2; k <= n; k <<= 1) {
+    for (int j = k >> 1; j >= 256; j >>= 1) {
+      for (int t = tid; t < n / 2; t += nt) {
+        const int i = 2 * t - (t & (j - 1));
+        const uint64_t a = keys[i], b = keys[i + j];
+        if ((i & k) == 0 ? a < b : a > b) keys[i] = b, keys[i + j] = a;
       }
       __syncthreads();
     }
+    for (int chunk = tid; chunk < chunks; chunk += nt) {
+      uint64_t a[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) a[e] = keys[chunk * 8 + e];
+      for (int j = min(k >> 1, 128); j >= 8; j >>= 1) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const int i = chunk * 8 + e;
+          const uint64_t other = __shfl_xor_sync(0xffffffffu, a[e], j >> 3);
+          const bool keep_larger = ((i & k) == 0) == ((i & j) == 0);
+          a[e] = keep_larger ? (a[e] > other ? a[e] : other) : (a[e] < other ? a[e] : other);
+        }
+      }
+#pragma unroll
+      for (int j = 4; j >= 1; j >>= 1) {
+        if (j > (k >> 1)) continue;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          if (e & j) continue;
+          const int i = chunk * 8 + e;
+          const uint64_t lo = a[e], hi = a[e | j];
+          if ((i & k) == 0 ? lo < hi : lo > hi) a[e] = hi, a[e | j] = lo;
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) keys[chunk * 8 + e] = a[e];
+    }
+    __syncthreads();
   }
+}
+
+// One head's greedy pick over `blocks` scores (a CTA's threads together): keys[0, pow2) hold SelectKey(score, i)
+// for i < blocks and 0 after (written by the caller, visible to every thread), are sorted descending (bitonic),
+// and the blocks taken while they fit `budget`; `flags` (blocks bytes) is scratch. Writes chosen (ascending, then
+// -1), *count and *taken. Every thread of the CTA calls it.
+__device__ __forceinline__ void SelectGreedyCta(const int32_t* sizes, int32_t blocks, int32_t pow2, int64_t budget,
+                                                uint64_t* keys, uint8_t* flags, int32_t* chosen, int32_t* count,
+                                                int64_t* taken) {
+  __shared__ int64_t scan_scratch[32];
+  __shared__ int64_t s_left;
+  __shared__ int32_t s_min;
+  const int tid = threadIdx.x, nt = blockDim.x;
+  for (int i = tid; i < blocks; i += nt) flags[i] = 0;
+  __syncthreads();
+  BitonicSortDescending(keys, pow2);
   // Phase 1: the longest prefix of the sorted order in which every block fits when reached (budget not yet
   // full). Each thread takes a contiguous segment of sorted positions.
-  const int per = (p.blocks + nt - 1) / nt;
-  const int lo = min(p.blocks, tid * per), hi = min(p.blocks, lo + per);
+  const int per = (blocks + nt - 1) / nt;
+  const int lo = min(blocks, tid * per), hi = min(blocks, lo + per);
   int64_t local = 0;
   for (int j = lo; j < hi; ++j) local += sizes[0xffffffffu - static_cast<uint32_t>(keys[j])];
   int32_t smallest = INT32_MAX;
-  for (int i = tid; i < p.blocks; i += nt) smallest = min(smallest, sizes[i]);
+  for (int i = tid; i < blocks; i += nt) smallest = min(smallest, sizes[i]);
   if (tid == 0) s_min = INT32_MAX;
   int64_t total = 0;
   int64_t prefix = BlockExclusiveScan(local, scan_scratch, &total);  // (its barriers also publish s_min's init)
@@ -187,7 +229,7 @@ static __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPara
   for (int j = lo; j < hi; ++j) {
     const int32_t idx = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(keys[j]));
     const int64_t s = sizes[idx];
-    if (p.budget > 0 && prefix < p.budget && prefix + s <= p.budget) {
+    if (budget > 0 && prefix < budget && prefix + s <= budget) {
       flags[idx] = 1;
       taken1 += s;
       ++count1;
@@ -197,18 +239,36 @@ static __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPara
   int64_t phase1_tokens = 0, cut = 0;
   (void)BlockExclusiveScan(taken1, scan_scratch, &phase1_tokens);
   (void)BlockExclusiveScan(count1, scan_scratch, &cut);  // barriers inside: flags and s_min are visible after it
-  // Phase 2 (one thread): continue in sorted order from the first block that did not fit, as SelectGreedy does.
-  if (tid == 0) {
-    int64_t left = p.budget - phase1_tokens;
-    for (int64_t j = cut; j < p.blocks; ++j) {
+  // Phase 2 (one warp): continue in sorted order from the first block that did not fit, as SelectGreedy does: a
+  // block is taken when it fits what is left, until nothing is left or less than the smallest block. The warp
+  // looks at 32 sorted blocks at a time and finds the next one that fits with a ballot; zero-size blocks before it
+  // are taken with it (they fit while anything is left), so the serial steps are the nonzero blocks taken.
+  if (tid < 32) {
+    const int lane = tid;
+    int64_t left = budget - phase1_tokens;
+    bool done = false;
+    for (int64_t base = cut; base < blocks && !done; base += 32) {
       if (left <= 0 || left < s_min) break;
-      const int32_t idx = static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(keys[j]));
-      if (sizes[idx] <= left) {
-        flags[idx] = 1;
-        left -= sizes[idx];
+      const int64_t j = base + lane;
+      const bool valid = j < blocks;
+      const int32_t idx = valid ? static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(keys[j])) : 0;
+      const int32_t sz = valid ? sizes[idx] : INT32_MAX;
+      int pos = 0;
+      for (;;) {
+        const unsigned fit = __ballot_sync(0xffffffffu, valid && lane >= pos && sz > 0 && sz <= left);
+        const int p = fit != 0 ? __ffs(fit) - 1 : 32;
+        if (valid && lane >= pos && lane < p && sz == 0) flags[idx] = 1;
+        if (p == 32) break;
+        if (lane == p) flags[idx] = 1;
+        left -= __shfl_sync(0xffffffffu, sz, p);
+        pos = p + 1;
+        if (left <= 0 || left < s_min) {
+          done = true;
+          break;
+        }
       }
     }
-    s_left = left;
+    if (lane == 0) s_left = left;
   }
   __syncthreads();
   // Compaction in index order.
@@ -216,15 +276,127 @@ static __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPara
   for (int i = lo; i < hi; ++i) mine += flags[i];
   int64_t chosen_total = 0;
   int64_t out = BlockExclusiveScan(mine, scan_scratch, &chosen_total);
-  int32_t* chosen = p.chosen + static_cast<int64_t>(h) * p.blocks;
   for (int i = lo; i < hi; ++i) {
     if (flags[i]) chosen[out++] = i;
   }
-  for (int64_t i = chosen_total + tid; i < p.blocks; i += nt) chosen[i] = -1;
+  for (int64_t i = chosen_total + tid; i < blocks; i += nt) chosen[i] = -1;
   if (tid == 0) {
-    p.count[h] = static_cast<int32_t>(chosen_total);
-    p.taken[h] = p.budget - s_left;
+    *count = static_cast<int32_t>(chosen_total);
+    *taken = budget - s_left;
   }
+}
+
+// grid: heads; block: kSelectThreads. Dynamic shared memory: pow2 * 8 + blocks bytes when keys/flags are null.
+static __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int h = blockIdx.x;
+  uint64_t* keys = p.keys != nullptr ? p.keys + static_cast<int64_t>(h) * p.pow2 : reinterpret_cast<uint64_t*>(smem);
+  uint8_t* flags = p.flags != nullptr ? p.flags + static_cast<int64_t>(h) * p.blocks
+                                      : reinterpret_cast<uint8_t*>(smem) + static_cast<size_t>(p.pow2) * 8;
+  const float* pooled = p.pooled + static_cast<int64_t>(h) * p.blocks;
+  for (int i = threadIdx.x; i < p.pow2; i += blockDim.x) keys[i] = i < p.blocks ? SelectKey(pooled[i], i) : 0ull;
+  SelectGreedyCta(p.sizes + static_cast<int64_t>(h) * p.blocks, p.blocks, p.pow2, p.budget, keys, flags,
+                  p.chosen + static_cast<int64_t>(h) * p.blocks, p.count + h, p.taken + h);
+}
+
+// ---- Pool and select in one kernel ---------------------------------------------------------------------------------
+// RowStatsKernel + PoolKernel + SelectKernel for one query row of `queries` vectors per head (a decode step's
+// selection after ScoreKernel): per head one CTA reads the raw scores (queries x blocks, from L2), pools them into
+// the sort keys in shared memory and picks. With ScoreKernel spread over the GPU for the bytes, a selection is two
+// launches instead of four.
+constexpr int kPoolSelectThreads = 512;
+constexpr int kPoolSelectMaxQueries = 8;
+
+struct PoolSelectParams {
+  const float* raw;        // [heads][queries][blocks] (ScoreKernel's output)
+  const int32_t* sizes;    // [heads][blocks]
+  int32_t queries, blocks, pow2;
+  bool softmax;            // mean of per-query softmax (scale) or mean score
+  float scale;
+  int64_t budget;
+  float* pooled;           // optional out [heads][blocks]
+  int32_t* chosen;         // out [heads][blocks] (device or mapped host memory), as SelectParams
+  int32_t* count;          // out [heads]
+  int64_t* taken;          // out [heads]
+};
+
+// Dynamic shared memory of PoolSelectKernel: pow2 keys and blocks flags.
+__host__ __device__ constexpr size_t PoolSelectSmemBytes(int32_t blocks, int32_t pow2) {
+  return static_cast<size_t>(pow2) * 8 + static_cast<size_t>(blocks);
+}
+
+// grid: heads; block: kPoolSelectThreads; dynamic shared memory PoolSelectSmemBytes.
+static __global__ void __launch_bounds__(kPoolSelectThreads) PoolSelectKernel(PoolSelectParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ float red_max[kPoolSelectMaxQueries][kPoolSelectThreads / 32];
+  __shared__ float red_sum[kPoolSelectMaxQueries][kPoolSelectThreads / 32];
+  __shared__ float row_max[kPoolSelectMaxQueries], row_sum[kPoolSelectMaxQueries];
+  const int h = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+  const int Q = p.queries, C = p.blocks;
+  uint64_t* keys = reinterpret_cast<uint64_t*>(smem);
+  uint8_t* flags = reinterpret_cast<uint8_t*>(keys + p.pow2);
+  const float* raw = p.raw + static_cast<int64_t>(h) * Q * C;
+  if (p.softmax) {
+    // Each query's max, then sum of exp((raw - max) * scale), over the blocks (RowStatsKernel's two passes).
+    // (Loops unrolled so that each thread's loads from L2 are in flight together.)
+    float mx[kPoolSelectMaxQueries];
+#pragma unroll
+    for (int j = 0; j < kPoolSelectMaxQueries; ++j) {
+      mx[j] = -INFINITY;
+      if (j < Q) {
+#pragma unroll 8
+        for (int c = tid; c < C; c += blockDim.x) mx[j] = fmaxf(mx[j], raw[j * C + c]);
+        mx[j] = WarpMax(mx[j]);
+        if (lane == 0) red_max[j][warp] = mx[j];
+      }
+    }
+    __syncthreads();
+    if (tid < Q) {
+      float m = -INFINITY;
+      for (int w = 0; w < warps; ++w) m = fmaxf(m, red_max[tid][w]);
+      row_max[tid] = m;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kPoolSelectMaxQueries; ++j) {
+      if (j < Q) {
+        float t = 0.0f;
+#pragma unroll 8
+        for (int c = tid; c < C; c += blockDim.x) t += expf((raw[j * C + c] - row_max[j]) * p.scale);
+        t = WarpSum(t);
+        if (lane == 0) red_sum[j][warp] = t;
+      }
+    }
+    __syncthreads();
+    if (tid < Q) {
+      float t = 0.0f;
+      for (int w = 0; w < warps; ++w) t += red_sum[tid][w];
+      row_sum[tid] = t;
+    }
+    __syncthreads();
+  }
+  // Pooled scores (PoolKernel's formula) straight into the sort keys.
+  const float inv_q = 1.0f / static_cast<float>(Q);
+  float* pooled = p.pooled != nullptr ? p.pooled + static_cast<int64_t>(h) * C : nullptr;
+#pragma unroll 4
+  for (int c = tid; c < p.pow2; c += blockDim.x) {
+    if (c >= C) {
+      keys[c] = 0ull;
+      continue;
+    }
+    float acc = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kPoolSelectMaxQueries; ++j) {
+      if (j >= Q) break;
+      const float v = raw[j * C + c];
+      acc += p.softmax ? expf((v - row_max[j]) * p.scale) * (inv_q / row_sum[j]) : v * inv_q;
+    }
+    keys[c] = SelectKey(acc, c);
+    if (pooled != nullptr) pooled[c] = acc;
+  }
+  SelectGreedyCta(p.sizes + static_cast<int64_t>(h) * C, C, p.pow2, p.budget, keys, flags,
+                  p.chosen + static_cast<int64_t>(h) * C, p.count + h, p.taken + h);
 }
 
 }  // namespace kernels

@@ -1,5 +1,6 @@
 #include "cuda/ops/selection.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -106,6 +107,70 @@ absl::Status SelectBlocks(const SelectArgs& a, void* ws, size_t ws_bytes, cudaSt
   }
   kn::SelectKernel<<<static_cast<unsigned>(a.heads), kn::kSelectThreads, smem, stream>>>(p);
   return LaunchStatus("SelectKernel");
+}
+
+namespace {
+
+size_t MaxSharedPerBlock() {
+  static const size_t bytes = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+      return size_t{48} * 1024;
+    }
+    return static_cast<size_t>(v);
+  }();
+  return bytes;
+}
+
+// Static shared memory of PoolSelectKernel (its reductions and SelectGreedyCta's scan state), kept free.
+constexpr size_t kPoolSelectStaticSmem = 2048;
+
+}  // namespace
+
+size_t FusedSelectWorkspaceBytes(int32_t heads, int32_t group, int32_t blocks) {
+  return Align256(static_cast<size_t>(heads) * group * std::max(blocks, 1) * sizeof(float));
+}
+
+bool FusedSelectSupported(int32_t group, int32_t head_dim, int32_t blocks) {
+  if (group <= 0 || group > kn::kPoolSelectMaxQueries || blocks < 0 || blocks > (1 << 20)) return false;
+  if (head_dim <= 0 || head_dim > kn::kScoreMaxDim) return false;
+  return kn::PoolSelectSmemBytes(blocks, Pow2(std::max(blocks, 1))) + kPoolSelectStaticSmem <= MaxSharedPerBlock();
+}
+
+absl::Status FusedSelect(const FusedSelectArgs& a, void* ws, size_t ws_bytes, cudaStream_t stream) {
+  if (a.heads <= 0 || a.budget < 0 || !FusedSelectSupported(a.group, a.head_dim, a.blocks)) {
+    return absl::InvalidArgumentError(absl::StrCat("fused_select: heads ", a.heads, ", group ", a.group, " (<= ",
+                                                   kn::kPoolSelectMaxQueries, "), head_dim ", a.head_dim, " (<= ",
+                                                   kn::kScoreMaxDim, "), blocks ", a.blocks, ", budget ", a.budget,
+                                                   ": not supported (see FusedSelectSupported)"));
+  }
+  if (a.q == nullptr || a.count == nullptr || a.taken == nullptr ||
+      (a.blocks > 0 && (a.centroids == nullptr || a.sizes == nullptr || a.chosen == nullptr))) {
+    return absl::InvalidArgumentError("fused_select: null queries, centroids, sizes or outputs");
+  }
+  const size_t need = FusedSelectWorkspaceBytes(a.heads, a.group, a.blocks);
+  if (ws == nullptr || ws_bytes < need) {
+    return absl::InvalidArgumentError(absl::StrCat("fused_select: workspace of ", ws_bytes, " bytes, need ", need));
+  }
+  float* raw = static_cast<float*>(ws);
+  if (a.blocks > 0) {
+    kn::ScoreParams sp{a.q, static_cast<int64_t>(a.heads) * a.group * a.head_dim, 1, a.group, a.heads, a.head_dim,
+                       a.centroids, nullptr, a.blocks, raw};
+    kn::ScoreKernel<false><<<dim3(static_cast<unsigned>(kn::CeilDiv(a.blocks, 8)), static_cast<unsigned>(a.heads)),
+                             256, 0, stream>>>(sp);
+    LIVEKV_RETURN_IF_ERROR(LaunchStatus("ScoreKernel"));
+  }
+  kn::PoolSelectParams p{raw, a.sizes, a.group, a.blocks, Pow2(std::max(a.blocks, 1)),
+                         a.pooling == ScorePooling::kMeanSoftmax, 1.0f / std::sqrt(static_cast<float>(a.head_dim)),
+                         a.budget, a.pooled, a.chosen, a.count, a.taken};
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(kn::PoolSelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(MaxSharedPerBlock() - kPoolSelectStaticSmem));
+  LIVEKV_RETURN_IF_ERROR(CudaStatus(attr, "cudaFuncSetAttribute(PoolSelectKernel)"));
+  kn::PoolSelectKernel<<<static_cast<unsigned>(a.heads), kn::kPoolSelectThreads,
+                         kn::PoolSelectSmemBytes(a.blocks, p.pow2), stream>>>(p);
+  return LaunchStatus("PoolSelectKernel");
 }
 
 }  // namespace cuda

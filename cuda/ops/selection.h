@@ -58,6 +58,35 @@ size_t SelectWorkspaceBytes(int32_t heads, int32_t blocks);
 
 absl::Status SelectBlocks(const SelectArgs& args, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
+// A decode step's selection: ScoreBlocks for one query row against centroids, then SelectBlocks, in two launches
+// (the scoring spread over the GPU for the bytes; then per KV head one CTA that pools into shared memory, sorts and
+// picks) instead of four, with the same results (pooled scores within fp32 rounding of ScoreBlocks', the same
+// greedy rule on them). The outputs may be mapped pinned host memory (written directly; visible to the host once
+// the stream passes the launch). Workspace: FusedSelectWorkspaceBytes (the raw scores).
+struct FusedSelectArgs {
+  const __nv_bfloat16* q = nullptr;  // [heads * group][head_dim]: one row of post-RoPE queries
+  int32_t heads = 0;
+  int32_t group = 1;
+  int32_t head_dim = 0;              // <= 256
+  const float* centroids = nullptr;  // [heads][blocks][head_dim]
+  const int32_t* sizes = nullptr;    // [heads][blocks] tokens per block, >= 0
+  int32_t blocks = 0;
+  ScorePooling pooling = ScorePooling::kMeanSoftmax;
+  int64_t budget = 0;                // tokens per head
+  float* pooled = nullptr;           // optional out [heads][blocks]
+  int32_t* chosen = nullptr;         // out [heads][blocks]: chosen block indices ascending, then -1
+  int32_t* count = nullptr;          // out [heads]
+  int64_t* taken = nullptr;          // out [heads]
+};
+
+size_t FusedSelectWorkspaceBytes(int32_t heads, int32_t group, int32_t blocks);
+
+// Whether FusedSelect takes these sizes on the current device: group <= 8, head_dim <= 256, and the sort keys of
+// `blocks` in one CTA's shared memory (up to ~16,000 on an H100).
+bool FusedSelectSupported(int32_t group, int32_t head_dim, int32_t blocks);
+
+absl::Status FusedSelect(const FusedSelectArgs& args, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace livekv
 

@@ -716,14 +716,14 @@ absl::Status CudaRecallKvContext::FinishClustering(int layer) {
     LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(select_stream_.get()));
     for (int i = 0; i < 2; ++i) {
       select_ws_[i].Reset();
-      select_out_[i].Reset();
       LIVEKV_ASSIGN_OR_RETURN(select_ws_[i], cuda::DeviceBuffer::Create(select_ws_bytes_));
-      LIVEKV_ASSIGN_OR_RETURN(select_out_[i], cuda::DeviceBuffer::Create(select_out_bytes_));
     }
+    select_out_.Reset();
+    LIVEKV_ASSIGN_OR_RETURN(select_out_, cuda::DeviceBuffer::Create(select_out_bytes_));
     for (auto& other : layers_) {
       if (other->dense) continue;
       other->spec_out.Reset();
-      LIVEKV_ASSIGN_OR_RETURN(other->spec_out, cuda::PinnedHostBuffer::Create(select_out_bytes_));
+      LIVEKV_ASSIGN_OR_RETURN(other->spec_out, cuda::PinnedHostBuffer::Create(select_out_bytes_, /*mapped=*/true));
       other->spec_ready = false;
     }
   }
@@ -738,17 +738,38 @@ absl::Status CudaRecallKvContext::SelectNow(int layer, const void* q, int64_t cl
                                             std::vector<int32_t>* out) {
   Layer& L = *layers_[layer];
   const cudaStream_t s = backend_->stream();
-  LIVEKV_RETURN_IF_ERROR(EnqueueSelect(L, q, cluster_budget, /*slot=*/1, s));
+  LIVEKV_RETURN_IF_ERROR(EnqueueSelect(L, q, cluster_budget, /*slot=*/1, select_out_.as<uint8_t>(), s));
   const SelLayout lay = SelectLayout(hkv_, L.c);
   out->resize(lay.bytes / 4);
   LIVEKV_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(out->data(), select_out_[1].as<uint8_t>(), lay.bytes, cudaMemcpyDeviceToHost, s));
+      cudaMemcpyAsync(out->data(), select_out_.as<uint8_t>(), lay.bytes, cudaMemcpyDeviceToHost, s));
   return backend_->Synchronize();
 }
 
 absl::Status CudaRecallKvContext::EnqueueSelect(Layer& L, const void* q, int64_t cluster_budget, int slot,
-                                                cudaStream_t stream) {
+                                                uint8_t* out, cudaStream_t stream) {
   const int32_t group = hq_ / hkv_;
+  const SelLayout lay = SelectLayout(hkv_, L.c);
+  int32_t* chosen = reinterpret_cast<int32_t*>(out + lay.chosen_off);
+  int32_t* count = reinterpret_cast<int32_t*>(out + lay.count_off);
+  int64_t* taken = reinterpret_cast<int64_t*>(out + lay.taken_off);
+  if (cuda::FusedSelectSupported(group, d_, L.c) &&
+      cuda::FusedSelectWorkspaceBytes(hkv_, group, L.c) <= select_ws_bytes_) {
+    cuda::FusedSelectArgs f;
+    f.q = static_cast<const bf16*>(q);
+    f.heads = hkv_;
+    f.group = group;
+    f.head_dim = d_;
+    f.centroids = L.centroids.as<float>();
+    f.sizes = L.dev_sizes.as<int32_t>();
+    f.blocks = L.c;
+    f.pooling = Pooling(options_.policy.pooling);
+    f.budget = std::max<int64_t>(0, cluster_budget);
+    f.chosen = chosen;
+    f.count = count;
+    f.taken = taken;
+    return cuda::FusedSelect(f, select_ws_[slot].data(), select_ws_bytes_, stream);
+  }
   uint8_t* ws = select_ws_[slot].as<uint8_t>();
   const size_t score_ws = Align256(cuda::ScoreWorkspaceBytes(hkv_, group, L.c));
   float* pooled = reinterpret_cast<float*>(ws + score_ws);
@@ -764,11 +785,8 @@ absl::Status CudaRecallKvContext::EnqueueSelect(Layer& L, const void* q, int64_t
   a.pooling = Pooling(options_.policy.pooling);
   a.pooled = pooled;
   LIVEKV_RETURN_IF_ERROR(cuda::ScoreBlocks(a, ws, score_ws, stream));
-  const SelLayout lay = SelectLayout(hkv_, L.c);
-  uint8_t* o = select_out_[slot].as<uint8_t>();
   cuda::SelectArgs sa{pooled, L.dev_sizes.as<int32_t>(), hkv_, L.c, std::max<int64_t>(0, cluster_budget),
-                      reinterpret_cast<int32_t*>(o + lay.chosen_off), reinterpret_cast<int32_t*>(o + lay.count_off),
-                      reinterpret_cast<int64_t*>(o + lay.taken_off)};
+                      chosen, count, taken};
   return cuda::SelectBlocks(sa, sel_ws, cuda::SelectWorkspaceBytes(hkv_, L.c), stream);
 }
 
@@ -782,10 +800,10 @@ absl::Status CudaRecallKvContext::LaunchSpeculativeSelect(int layer, TensorView 
   LIVEKV_RETURN_IF_ERROR(L.q_ready.Record(cs));
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(ss, L.q_ready.get(), 0));
   L.Mark(timeline_, Layer::kSelectBegin, ss);
-  LIVEKV_RETURN_IF_ERROR(EnqueueSelect(L, L.q_snap.as<bf16>(), cluster_budget, /*slot=*/0, ss));
-  const SelLayout lay = SelectLayout(hkv_, L.c);
-  LIVEKV_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(L.spec_out.data(), select_out_[0].as<uint8_t>(), lay.bytes, cudaMemcpyDeviceToHost, ss));
+  // The selection writes its result straight into the mapped pinned block the worker reads (no copy after it).
+  LIVEKV_ASSIGN_OR_RETURN(void* spec_out, L.spec_out.device_pointer());
+  LIVEKV_RETURN_IF_ERROR(
+      EnqueueSelect(L, L.q_snap.as<bf16>(), cluster_budget, /*slot=*/0, static_cast<uint8_t*>(spec_out), ss));
   L.Mark(timeline_, Layer::kSelectEnd, ss);
   LIVEKV_RETURN_IF_ERROR(L.sel_done.Record(ss));
   L.armed = true;  // the worker's job is posted at Append, once the attention it must follow is enqueued

@@ -226,8 +226,10 @@ class CudaRecallKvContext : public KvContext {
                       cudaStream_t stream, cudaEvent_t wait);
   absl::Status LaunchSpeculativeSelect(int layer, TensorView q, int64_t cluster_budget);
   // Enqueues scoring of L's centroids with the one-row query `q` and the greedy pick under `cluster_budget` on
-  // `stream`, into select_ws_[slot] / select_out_[slot] (slot 0: the speculative select stream, 1: synchronous).
-  absl::Status EnqueueSelect(Layer& L, const void* q, int64_t cluster_budget, int slot,
+  // `stream`, with select_ws_[slot] as workspace (slot 0: the speculative select stream, 1: synchronous): two
+  // launches (cuda::FusedSelect) where they apply, else ScoreBlocks and SelectBlocks. The result (SelLayout) goes to
+  // `out`, device memory or mapped pinned memory.
+  absl::Status EnqueueSelect(Layer& L, const void* q, int64_t cluster_budget, int slot, uint8_t* out,
                              cudaStream_t stream);
   // A run of `pages` pinned pages (owned, never evicted) from the arenas, adding an arena when none has room.
   absl::StatusOr<uint8_t*> AllocateHostRun(uint32_t pages);
@@ -259,8 +261,9 @@ class CudaRecallKvContext : public KvContext {
   std::vector<std::unique_ptr<Layer>> layers_;
   cuda::Stream select_stream_, cluster_stream_;
   cuda::Stream recall_streams_[2];
-  // Selection workspaces: one for the select stream, one for synchronous selection on the compute stream.
-  cuda::DeviceBuffer select_ws_[2], select_out_[2];
+  // Selection workspaces: one for the select stream, one for synchronous selection on the compute stream; the
+  // synchronous selection's result (the speculative one goes to each layer's mapped spec_out).
+  cuda::DeviceBuffer select_ws_[2], select_out_;
   size_t select_ws_bytes_ = 0, select_out_bytes_ = 0;
   int32_t max_clusters_ = 0;  // largest clusters per head of any layer (sizes the selection buffers)
   // Clustering scratch (cluster stream).
