@@ -299,6 +299,64 @@ static __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectPara
                   p.chosen + static_cast<int64_t>(h) * p.blocks, p.count + h, p.taken + h);
 }
 
+// ---- Decode scoring --------------------------------------------------------------------------------------------
+// ScoreKernel for one query row against centroids with head_dim = 32 * kF4: each centroid is read by 8 lanes
+// holding kF4 float4 (instruction k of the 8 lanes reads 128 contiguous bytes), a warp scores 4 centroids per
+// round and a CTA of 8 warps DecodeScoreBlocks<kF4>() centroids, its rounds' loads in flight together. Fewer,
+// fuller CTAs than ScoreKernel's 8 centroids per CTA (which also stages up to 32 query rows in shared memory).
+template <int kF4>
+__host__ __device__ constexpr int DecodeScoreRounds() {
+  return kF4 >= 8 ? 2 : 4;
+}
+template <int kF4>
+__host__ __device__ constexpr int DecodeScoreBlocks() {
+  return DecodeScoreRounds<kF4>() * 32;
+}
+constexpr int kDecodeScoreThreads = 256;
+constexpr int kDecodeScoreMaxGroup = 8;
+
+// grid: (ceil(blocks / DecodeScoreBlocks<kF4>()), heads); block: kDecodeScoreThreads. raw: [heads][group][blocks].
+template <int kF4>
+static __global__ void __launch_bounds__(kDecodeScoreThreads) DecodeScoreKernel(const bf16* q, const float* centroids,
+                                                                               int32_t group, int32_t blocks,
+                                                                               float* raw) {
+  constexpr int kD = kF4 * 32, kRounds = DecodeScoreRounds<kF4>();
+  __shared__ __align__(16) float qs[kDecodeScoreMaxGroup * kD];
+  const int h = blockIdx.y, G = group, C = blocks;
+  for (int i = threadIdx.x; i < G * kD; i += blockDim.x) qs[i] = ToFloat(q[static_cast<int64_t>(h) * G * kD + i]);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int sub = lane >> 3, sl = lane & 7;
+  const float* cent = centroids + static_cast<int64_t>(h) * C * kD;
+  const int base = blockIdx.x * DecodeScoreBlocks<kF4>() + warp * 4 + sub;
+  float4 v[kRounds][kF4];
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) {
+    const int c = base + r * 32;
+#pragma unroll
+    for (int k = 0; k < kF4; ++k) {
+      v[r][k] = c < C ? reinterpret_cast<const float4*>(cent + static_cast<int64_t>(c) * kD)[k * 8 + sl]
+                      : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  }
+  __syncthreads();  // qs
+  float* out = raw + static_cast<int64_t>(h) * G * C;
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) {
+    const int c = base + r * 32;
+    for (int j = 0; j < G; ++j) {  // warp-uniform: the 8-lane sums use every lane
+      const float4* qv = reinterpret_cast<const float4*>(qs + j * kD);
+      float acc = 0.0f;
+#pragma unroll
+      for (int k = 0; k < kF4; ++k) {
+        const float4 a = qv[k * 8 + sl], b = v[r][k];
+        acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      }
+      acc = WarpSum<8>(acc);
+      if (sl == 0 && c < C) out[static_cast<int64_t>(j) * C + c] = acc;
+    }
+  }
+}
+
 // ---- Pool and select in one kernel ---------------------------------------------------------------------------------
 // RowStatsKernel + PoolKernel + SelectKernel for one query row of `queries` vectors per head (a decode step's
 // selection after ScoreKernel): per head one CTA reads the raw scores (queries x blocks, from L2), pools them into

@@ -126,6 +126,14 @@ size_t MaxSharedPerBlock() {
 // Static shared memory of PoolSelectKernel (its reductions and SelectGreedyCta's scan state), kept free.
 constexpr size_t kPoolSelectStaticSmem = 2048;
 
+template <int kF4>
+absl::Status LaunchDecodeScore(const FusedSelectArgs& a, float* raw, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(kn::CeilDiv(a.blocks, kn::DecodeScoreBlocks<kF4>())),
+                  static_cast<unsigned>(a.heads));
+  kn::DecodeScoreKernel<kF4><<<grid, kn::kDecodeScoreThreads, 0, stream>>>(a.q, a.centroids, a.group, a.blocks, raw);
+  return LaunchStatus("DecodeScoreKernel");
+}
+
 }  // namespace
 
 size_t FusedSelectWorkspaceBytes(int32_t heads, int32_t group, int32_t blocks) {
@@ -155,11 +163,19 @@ absl::Status FusedSelect(const FusedSelectArgs& a, void* ws, size_t ws_bytes, cu
   }
   float* raw = static_cast<float*>(ws);
   if (a.blocks > 0) {
-    kn::ScoreParams sp{a.q, static_cast<int64_t>(a.heads) * a.group * a.head_dim, 1, a.group, a.heads, a.head_dim,
-                       a.centroids, nullptr, a.blocks, raw};
-    kn::ScoreKernel<false><<<dim3(static_cast<unsigned>(kn::CeilDiv(a.blocks, 8)), static_cast<unsigned>(a.heads)),
-                             256, 0, stream>>>(sp);
-    LIVEKV_RETURN_IF_ERROR(LaunchStatus("ScoreKernel"));
+    switch (a.head_dim) {
+      case 64: LIVEKV_RETURN_IF_ERROR(LaunchDecodeScore<2>(a, raw, stream)); break;
+      case 96: LIVEKV_RETURN_IF_ERROR(LaunchDecodeScore<3>(a, raw, stream)); break;
+      case 128: LIVEKV_RETURN_IF_ERROR(LaunchDecodeScore<4>(a, raw, stream)); break;
+      case 256: LIVEKV_RETURN_IF_ERROR(LaunchDecodeScore<8>(a, raw, stream)); break;
+      default: {
+        kn::ScoreParams sp{a.q, static_cast<int64_t>(a.heads) * a.group * a.head_dim, 1, a.group, a.heads,
+                           a.head_dim, a.centroids, nullptr, a.blocks, raw};
+        kn::ScoreKernel<false><<<dim3(static_cast<unsigned>(kn::CeilDiv(a.blocks, 8)),
+                                      static_cast<unsigned>(a.heads)), 256, 0, stream>>>(sp);
+        LIVEKV_RETURN_IF_ERROR(LaunchStatus("ScoreKernel"));
+      }
+    }
   }
   kn::PoolSelectParams p{raw, a.sizes, a.group, a.blocks, Pow2(std::max(a.blocks, 1)),
                          a.pooling == ScorePooling::kMeanSoftmax, 1.0f / std::sqrt(static_cast<float>(a.head_dim)),
