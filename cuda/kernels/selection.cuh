@@ -9,8 +9,9 @@
 //                 (score, index) keys, in shared memory up to kSelectSmemKeys blocks, else in a global workspace)
 //                 then take them greedily while they fit the token budget (a skipped block does not stop smaller
 //                 ones after it), returning the chosen indices in ascending order — SelectGreedy's contract.
+//   DecodeScoreKernel  ScoreKernel for one query row against centroids, with fewer, fuller CTAs;
 //   PoolSelectKernel  RowStats + Pool + Select in one kernel, per head one CTA (up to 8 query vectors per head):
-//                 after ScoreKernel, a decode step's selection is two launches instead of four.
+//                 after DecodeScoreKernel, a decode step's selection is two launches instead of four.
 #ifndef LIVEKV_CUDA_KERNELS_SELECTION_CUH_
 #define LIVEKV_CUDA_KERNELS_SELECTION_CUH_
 
