@@ -8,6 +8,7 @@
 #include <cstring>
 #include <random>
 #include <set>
+#include <string>
 
 #include "cuda/testing/test_util.h"
 #include "engine/cuda/cuda_backend.h"
@@ -223,6 +224,47 @@ TEST_F(RecallTest, SpeculativeSelectionOfStepTIsWhatStepTPlusOneAttends) {
                 copy == RecallCopy::kGather ? "gather" : copy == RecallCopy::kBatch ? "batch" : "per-run", (long long)c.sparse_selections,
                 (long long)c.sync_selections, (long long)c.clusters_selected, (long long)c.clusters_hit,
                 (long long)c.clusters_recalled, (long long)c.copies, c.bytes_recalled / 1024.0);
+  }
+}
+
+TEST_F(RecallTest, TimelineMarksEachLayerInStreamOrder) {
+  auto model = Model();
+  RecallOptions o;
+  o.policy = SmallPolicy(/*budget=*/256);
+  auto kv = CudaRecallKvContext::Create(config_, o, gpu_.get()).value();
+  EXPECT_EQ(kv->LastStepTimeline().status().code(), absl::StatusCode::kFailedPrecondition);
+  const std::vector<int32_t> prompt = RandomTokens(900, config_.vocab_size, 6);
+  kv->ExpectInputEnd(static_cast<int64_t>(prompt.size()));
+  std::vector<float> logits;
+  ASSERT_TRUE(model->Forward(prompt, kv.get(), false, &logits).ok());
+  for (int step = 0; step < 4; ++step) {
+    kv->set_timeline(step >= 2);
+    const int32_t t[] = {Argmax(logits)};
+    ASSERT_TRUE(model->Forward(t, kv.get(), false, &logits).ok());
+  }
+  const auto tl = kv->LastStepTimeline();
+  ASSERT_TRUE(tl.ok()) << tl.status();
+  ASSERT_EQ(tl->size(), static_cast<size_t>(config_.num_layers));
+  constexpr double kSlack = 0.01;  // ms: events on different streams, timer resolution
+  double last = 0;
+  for (const auto& l : *tl) {
+    const std::string what = "layer " + std::to_string(l.layer);
+    EXPECT_EQ(l.sparse, l.layer >= 2) << what;  // SmallPolicy keeps layers 0 and 1 dense
+    EXPECT_GE(l.queries, last - kSlack) << what;  // the compute stream's layers in order
+    EXPECT_GE(l.attended, l.queries) << what;
+    last = l.attended;
+    if (!l.sparse) {
+      EXPECT_EQ(l.select_begin, -1) << what;
+      continue;
+    }
+    EXPECT_GE(l.attend, l.queries) << what;
+    EXPECT_GE(l.attended, l.attend) << what;
+    EXPECT_GE(l.select_begin, l.queries - kSlack) << what;  // the speculative selection reads this step's queries
+    EXPECT_GE(l.select_end, l.select_begin) << what;
+    if (l.recall_begin >= 0) {  // misses recalled: after the attention that may read the pages they replace
+      EXPECT_GE(l.recall_begin, l.attended - kSlack) << what;
+      EXPECT_GE(l.recall_end, l.recall_begin) << what;
+    }
   }
 }
 
