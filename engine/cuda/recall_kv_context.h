@@ -93,8 +93,9 @@ struct RecallOptions {
   RecallCopy copy = RecallCopy::kGather;
   // The gather kernel (kGather): CTAs and threads per CTA. Its outstanding PCIe loads (ctas x threads x 64 B) slow
   // the kernels beside it (the step's weight stream) far more than the bytes it moves: few CTAs, enough for the link.
-  // H100 (kernels_bench, engine_bench): 8 x 256 moves 0.89 of pinned H2D alone and slows a GEMV beside it to 0.88
-  // (32 x 512: 0.92 and 0.61); the 32k sparse step 9.2 -> 7.7 ms.
+  // H100 (kernels_bench, engine_bench; docs/gpu.md): 8 x 256 moves 0.54-0.89 of pinned H2D alone (machine to
+  // machine) and leaves a GEMV beside it 0.86-0.88 of its rate (32 x 512: 0.92-0.95 and 0.60-0.62); the 32k sparse
+  // step 9.4 -> 7.5 ms.
   int32_t gather_ctas = 8;
   int32_t gather_threads = 256;
   // The select and recall streams at the device's highest priority. The decode step's compute stream always has
