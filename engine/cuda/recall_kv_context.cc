@@ -130,7 +130,8 @@ struct CudaRecallKvContext::Layer {
   }
   // Speculation.
   cuda::DeviceBuffer q_snap;
-  cuda::PinnedHostBuffer spec_out;
+  cuda::PinnedHostBuffer spec_out;  // mapped: the speculative selection writes it at spec_out_device
+  uint8_t* spec_out_device = nullptr;
   bool armed = false, posted = false, spec_ready = false;
   bool job_done = false;        // guarded by mu_
   absl::Status job_status;      // guarded by mu_
@@ -724,6 +725,8 @@ absl::Status CudaRecallKvContext::FinishClustering(int layer) {
       if (other->dense) continue;
       other->spec_out.Reset();
       LIVEKV_ASSIGN_OR_RETURN(other->spec_out, cuda::PinnedHostBuffer::Create(select_out_bytes_, /*mapped=*/true));
+      LIVEKV_ASSIGN_OR_RETURN(void* device, other->spec_out.device_pointer());
+      other->spec_out_device = static_cast<uint8_t*>(device);
       other->spec_ready = false;
     }
   }
@@ -801,9 +804,8 @@ absl::Status CudaRecallKvContext::LaunchSpeculativeSelect(int layer, TensorView 
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(ss, L.q_ready.get(), 0));
   L.Mark(timeline_, Layer::kSelectBegin, ss);
   // The selection writes its result straight into the mapped pinned block the worker reads (no copy after it).
-  LIVEKV_ASSIGN_OR_RETURN(void* spec_out, L.spec_out.device_pointer());
   LIVEKV_RETURN_IF_ERROR(
-      EnqueueSelect(L, L.q_snap.as<bf16>(), cluster_budget, /*slot=*/0, static_cast<uint8_t*>(spec_out), ss));
+      EnqueueSelect(L, L.q_snap.as<bf16>(), cluster_budget, /*slot=*/0, L.spec_out_device, ss));
   L.Mark(timeline_, Layer::kSelectEnd, ss);
   LIVEKV_RETURN_IF_ERROR(L.sel_done.Record(ss));
   L.armed = true;  // the worker's job is posted at Append, once the attention it must follow is enqueued
