@@ -29,11 +29,30 @@ __global__ void FillKernel(T* x, int64_t n, uint64_t seed, float scale) {
 
 __global__ void EmptyKernel() {}
 
+__global__ void SpinKernel(uint64_t ns) {
+  uint64_t t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < ns);
+}
+
 }  // namespace
 
 absl::Status LaunchEmpty(cudaStream_t stream) {
   EmptyKernel<<<1, 32, 0, stream>>>();
   return LaunchStatus("EmptyKernel");
+}
+
+absl::Status CopyToDevice(void* dst, const void* src, size_t bytes) {
+  const absl::Status copied = CudaStatus(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
+  if (!copied.ok()) return copied;
+  return CudaStatus(cudaDeviceSynchronize(), "cudaDeviceSynchronize after cudaMemcpy");
+}
+
+absl::Status LaunchSpin(double microseconds, cudaStream_t stream) {
+  SpinKernel<<<1, 32, 0, stream>>>(static_cast<uint64_t>(microseconds * 1e3));
+  return LaunchStatus("SpinKernel");
 }
 
 absl::Status FillUniformBf16(__nv_bfloat16* x, int64_t n, uint64_t seed, float scale, cudaStream_t stream) {

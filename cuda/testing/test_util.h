@@ -72,9 +72,12 @@ class DeviceArray {
   void Upload(const std::vector<T>& v) {
     CHECK_OK_OR_DIE(CudaStatus(cudaMemcpy(buf_.data(), v.data(), std::min(v.size(), n_) * sizeof(T),
                                           cudaMemcpyHostToDevice), "upload"));
+    // A pageable cudaMemcpy may return before its DMA lands, and our streams do not wait for the legacy stream.
+    CHECK_OK_OR_DIE(CudaStatus(cudaDeviceSynchronize(), "sync after upload"));
   }
   void Poison() {
     if (n_ > 0) CHECK_OK_OR_DIE(CudaStatus(cudaMemset(buf_.data(), 0xFF, n_ * sizeof(T)), "poison"));
+    CHECK_OK_OR_DIE(CudaStatus(cudaDeviceSynchronize(), "sync after poison"));  // cudaMemset is asynchronous
   }
   std::vector<T> ToHost() const {
     std::vector<T> v(n_);

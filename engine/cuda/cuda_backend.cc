@@ -323,8 +323,10 @@ absl::StatusOr<const float*> CudaBackend::InvFreq(const RopeTable& rope) {
       LIVEKV_ASSIGN_OR_RETURN(inv_freq_, cuda::DeviceBuffer::Create(bytes));
     }
     LIVEKV_RETURN_IF_ERROR(stream_.Synchronize());  // earlier kernels may still read the old table
-    LIVEKV_CUDA_RETURN_IF_ERROR(
-        cudaMemcpy(inv_freq_.data(), rope.inv_freq.data(), rope.inv_freq.size() * 4, cudaMemcpyHostToDevice));
+    // In stream order: a pageable cudaMemcpy may return before its DMA lands, and this (non-blocking) stream would
+    // not wait for it.
+    LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(inv_freq_.data(), rope.inv_freq.data(), rope.inv_freq.size() * 4,
+                                                cudaMemcpyHostToDevice, stream_.get()));
     inv_freq_host_ = rope.inv_freq;
   }
   return inv_freq_.as<float>();

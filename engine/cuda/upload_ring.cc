@@ -43,7 +43,10 @@ absl::StatusOr<void*> UploadRing::Put(const void* src, size_t bytes, cudaStream_
       big_.Reset();
       LIVEKV_ASSIGN_OR_RETURN(big_, cuda::DeviceBuffer::Create(n));
     }
-    LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpy(big_.data(), src, bytes, cudaMemcpyHostToDevice));
+    // On the stream, then waited for: a plain cudaMemcpy runs on the legacy stream, may return before its DMA lands,
+    // and this (non-blocking) stream's next kernel would not wait for it.
+    LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(big_.data(), src, bytes, cudaMemcpyHostToDevice, stream));
+    LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
     return big_.data();
   }
   if (offset_ + n > chunk_bytes_) {
