@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <cmath>
@@ -92,6 +93,18 @@ double TimeMs(cudaStream_t s, const std::function<void(int)>& fn, int iters = 20
   return t[t.size() / 2];
 }
 
+// LIVEKV_BENCH_SECTIONS (words among gemv decode prefill kmeans selection recall elementwise sampling; unset: all)
+// picks the sections to run after the ceilings, e.g. to run one under compute-sanitizer.
+bool Wanted(const char* section) {
+  const char* env = std::getenv("LIVEKV_BENCH_SECTIONS");
+  if (env == nullptr || *env == '\0') return true;
+  const std::string list = std::string(" ") + env + " ";
+  std::string want = std::string(" ") + section + " ";
+  std::string normalized = list;
+  std::replace(normalized.begin(), normalized.end(), ',', ' ');
+  return normalized.find(want) != std::string::npos;
+}
+
 // Pages of `page` tokens for `heads` KV heads, K rows then V rows (kvcache/page_layout.h), D = 128, bf16.
 struct PagePool {
   DeviceBuffer buf;
@@ -118,8 +131,7 @@ struct UploadedPlan {
 UploadedPlan Upload(KvPlan plan) {
   const size_t bytes = std::max<size_t>(16, plan.bytes().size());
   UploadedPlan u{std::move(plan), Alloc(bytes)};
-  BENCH_CHECK(CudaStatus(cudaMemcpy(u.dev.data(), u.plan.bytes().data(), u.plan.bytes().size(), cudaMemcpyHostToDevice),
-                         "upload plan"));
+  BENCH_CHECK(CopyToDevice(u.dev.data(), u.plan.bytes().data(), u.plan.bytes().size()));
   return u;
 }
 
@@ -164,24 +176,26 @@ void Run() {
   cb.Reset();
 
   // ---- GEMM, decode-shaped (n = 1): weight-read bound. The GEMV kernel and cuBLASLt, Llama-3-8B's matrices. ----
-  for (auto [k, m] : {std::pair<int64_t, int64_t>{4096, 14336}, {4096, 6144}, {4096, 4096}, {14336, 4096}, {4096, 28672}}) {
-    const int copies = static_cast<int>(std::max<int64_t>(2, (int64_t{1} << 30) / (m * k * 2)));  // > L2
-    DeviceBuffer w = Alloc(copies * m * k * 2), x = Alloc(k * 2), o = Alloc(m * 4);
-    BENCH_CHECK(FillUniformBf16(w.as<bf16>(), copies * m * k, 4, 0.05f, s));
-    BENCH_CHECK(FillUniformBf16(x.as<bf16>(), k, 5, 1.0f, s));
-    for (int mode = 0; mode < 3; ++mode) {  // GEMV, GEMV with programmatic launch (as in the engine), cuBLASLt
-      const bool gemv = mode < 2;
-      ScopedPdl pdl(mode == 1);
-      gemm.set_use_gemv(gemv);
-      const double ms = TimeMs(s, [&](int i) {
-        BENCH_CHECK(gemm.Linear({x.as<bf16>(), 1, k, w.as<bf16>() + (i % copies) * m * k, m, nullptr, o.data(), GemmOutput::kBf16}, s));
-      });
-      const double gbs = m * k * 2.0 / (ms * 1e-3) / 1e9;
-      Report(absl::StrFormat("%s_n1_%lldx%lld", mode == 0 ? "gemv" : mode == 1 ? "gemv_pdl" : "cublas", (long long)k,
-                             (long long)m), gbs, "GB/s", gbs / hbm,
-             "measured HBM copy");
+  if (Wanted("gemv")) {
+    for (auto [k, m] : {std::pair<int64_t, int64_t>{4096, 14336}, {4096, 6144}, {4096, 4096}, {14336, 4096}, {4096, 28672}}) {
+      const int copies = static_cast<int>(std::max<int64_t>(2, (int64_t{1} << 30) / (m * k * 2)));  // > L2
+      DeviceBuffer w = Alloc(copies * m * k * 2), x = Alloc(k * 2), o = Alloc(m * 4);
+      BENCH_CHECK(FillUniformBf16(w.as<bf16>(), copies * m * k, 4, 0.05f, s));
+      BENCH_CHECK(FillUniformBf16(x.as<bf16>(), k, 5, 1.0f, s));
+      for (int mode = 0; mode < 3; ++mode) {  // GEMV, GEMV with programmatic launch (as in the engine), cuBLASLt
+        const bool gemv = mode < 2;
+        ScopedPdl pdl(mode == 1);
+        gemm.set_use_gemv(gemv);
+        const double ms = TimeMs(s, [&](int i) {
+          BENCH_CHECK(gemm.Linear({x.as<bf16>(), 1, k, w.as<bf16>() + (i % copies) * m * k, m, nullptr, o.data(), GemmOutput::kBf16}, s));
+        });
+        const double gbs = m * k * 2.0 / (ms * 1e-3) / 1e9;
+        Report(absl::StrFormat("%s_n1_%lldx%lld", mode == 0 ? "gemv" : mode == 1 ? "gemv_pdl" : "cublas", (long long)k,
+                               (long long)m), gbs, "GB/s", gbs / hbm,
+               "measured HBM copy");
+      }
+      gemm.set_use_gemv(true);
     }
-    gemm.set_use_gemv(true);
   }
 
   // ---- Decode attention: Llama-3-8B layer (32 q heads, 8 KV heads, d 128) --------------------------------------
@@ -235,102 +249,104 @@ void Run() {
     BENCH_CHECK(plan.status());
     return Upload(std::move(*plan));
   };
-  for (int64_t tokens : {int64_t{32768}, int64_t{131072}}) {
-    const std::string ctx = tokens == 32768 ? "32k" : "128k";
-    // One run per head: the dense device cache's layout (DenseKvCache, the GPU recall path's dense layers).
-    {
-      // 32k: four copies rotated (4 x 64 MiB > L2), so every call reads from HBM as in a model's layers.
-      const int copies = tokens == 32768 ? 4 : 1;
-      std::vector<ContextKv> cs(copies);
-      DeviceBuffer kv = Alloc(size_t(copies) * hkv * tokens * d * 2 * 2);
-      BENCH_CHECK(FillUniformBf16(kv.as<bf16>(), int64_t(copies) * hkv * tokens * d * 2, 8, 1.0f, s));
-      for (int i = 0; i < copies; ++i) {
-        cs[i].dtype = DType::kBF16;
-        cs[i].heads.resize(hkv);
-        for (int h = 0; h < hkv; ++h) {
-          const bf16* k = kv.as<bf16>() + (int64_t(i) * hkv + h) * tokens * d * 2;
-          cs[i].heads[h].push_back(KvRun{k, k + tokens * d, int32_t(tokens), 0});
+  if (Wanted("decode")) {
+    for (int64_t tokens : {int64_t{32768}, int64_t{131072}}) {
+      const std::string ctx = tokens == 32768 ? "32k" : "128k";
+      // One run per head: the dense device cache's layout (DenseKvCache, the GPU recall path's dense layers).
+      {
+        // 32k: four copies rotated (4 x 64 MiB > L2), so every call reads from HBM as in a model's layers.
+        const int copies = tokens == 32768 ? 4 : 1;
+        std::vector<ContextKv> cs(copies);
+        DeviceBuffer kv = Alloc(size_t(copies) * hkv * tokens * d * 2 * 2);
+        BENCH_CHECK(FillUniformBf16(kv.as<bf16>(), int64_t(copies) * hkv * tokens * d * 2, 8, 1.0f, s));
+        for (int i = 0; i < copies; ++i) {
+          cs[i].dtype = DType::kBF16;
+          cs[i].heads.resize(hkv);
+          for (int h = 0; h < hkv; ++h) {
+            const bf16* k = kv.as<bf16>() + (int64_t(i) * hkv + h) * tokens * d * 2;
+            cs[i].heads[h].push_back(KvRun{k, k + tokens * d, int32_t(tokens), 0});
+          }
+        }
+        struct Variant {
+          DecodeKernel kernel;
+          int stages;
+          const char* tag;
+          bool pdl = false;  // programmatic dependent launch, as the engine launches it
+        };
+        for (const Variant& v : {Variant{DecodeKernel::kMma, 0, ""}, Variant{DecodeKernel::kMma, 0, "_pdl", true},
+                                 Variant{DecodeKernel::kMma, 2, "_st2"},
+                                 Variant{DecodeKernel::kMma, 4, "_st4"}, Variant{DecodeKernel::kMmaRowLoads, 0, "_rowloads"},
+                                 Variant{DecodeKernel::kPipelined, 0, "_pipelined"},
+                                 Variant{DecodeKernel::kPipelined, 2, "_pipelined_st2"},
+                                 Variant{DecodeKernel::kLegacy, 0, "_legacy"}}) {
+          const int occ = std::max(1, DecodeCtasPerSm(d, hq / hkv, v.stages, v.kernel));
+          std::vector<UploadedPlan> plans;
+          for (const ContextKv& c : cs) plans.push_back(plan_for({&c}, occ, 64));
+          ScopedPdl pdl(v.pdl);
+          decode_case(absl::StrFormat("decode_dense%s_onerun_b1%s", ctx, v.tag), plans, 1, tokens, v.kernel, false, v.stages);
         }
       }
-      struct Variant {
-        DecodeKernel kernel;
-        int stages;
-        const char* tag;
-        bool pdl = false;  // programmatic dependent launch, as the engine launches it
-      };
-      for (const Variant& v : {Variant{DecodeKernel::kMma, 0, ""}, Variant{DecodeKernel::kMma, 0, "_pdl", true},
-                               Variant{DecodeKernel::kMma, 2, "_st2"},
-                               Variant{DecodeKernel::kMma, 4, "_st4"}, Variant{DecodeKernel::kMmaRowLoads, 0, "_rowloads"},
-                               Variant{DecodeKernel::kPipelined, 0, "_pipelined"},
-                               Variant{DecodeKernel::kPipelined, 2, "_pipelined_st2"},
-                               Variant{DecodeKernel::kLegacy, 0, "_legacy"}}) {
-        const int occ = std::max(1, DecodeCtasPerSm(d, hq / hkv, v.stages, v.kernel));
-        std::vector<UploadedPlan> plans;
-        for (const ContextKv& c : cs) plans.push_back(plan_for({&c}, occ, 64));
-        ScopedPdl pdl(v.pdl);
-        decode_case(absl::StrFormat("decode_dense%s_onerun_b1%s", ctx, v.tag), plans, 1, tokens, v.kernel, false, v.stages);
+      // Pages of 32 (1024 / 4096 runs per head), batch 1 and (32k only) batch 8.
+      {
+        const int64_t pages_per_head = tokens / 32;
+        const int max_seqs = tokens == 32768 ? 8 : 1;
+        PagePool pool = MakePool(max_seqs * hkv * pages_per_head, s, 7);
+        for (int seqs : tokens == 32768 ? std::vector<int>{1, 8} : std::vector<int>{1}) {
+          std::vector<ContextKv> cx(seqs);
+          std::vector<const ContextKv*> ptrs;
+          for (int b = 0; b < seqs; ++b) {
+            cx[b].dtype = DType::kBF16;
+            cx[b].heads.resize(hkv);
+            for (int h = 0; h < hkv; ++h) {
+              for (int64_t p = 0; p < pages_per_head; ++p) {
+                const int64_t page = (int64_t(b) * hkv + h) * pages_per_head + p;
+                cx[b].heads[h].push_back(KvRun{pool.K(page), pool.V(page), 32, p * 32});
+              }
+            }
+            ptrs.push_back(&cx[b]);
+          }
+          std::vector<UploadedPlan> plans;
+          plans.push_back(plan_for(ptrs, ctas, 64));
+          decode_case(absl::StrFormat("decode_dense%s_pages_b%d", ctx, seqs), plans, seqs, tokens, DecodeKernel::kMma, false);
+          if (seqs == 1) {
+            std::vector<UploadedPlan> legacy;
+            legacy.push_back(plan_for(ptrs, 2, 64));
+            decode_case(absl::StrFormat("decode_dense%s_pages_b1_legacy", ctx), legacy, 1, tokens, DecodeKernel::kLegacy, false);
+          }
+        }
       }
     }
-    // Pages of 32 (1024 / 4096 runs per head), batch 1 and (32k only) batch 8.
+    // Sparse: 2048 tokens per head = 64 random pages of a 512 MiB pool, 8 different selections rotated.
     {
-      const int64_t pages_per_head = tokens / 32;
-      const int max_seqs = tokens == 32768 ? 8 : 1;
-      PagePool pool = MakePool(max_seqs * hkv * pages_per_head, s, 7);
-      for (int seqs : tokens == 32768 ? std::vector<int>{1, 8} : std::vector<int>{1}) {
-        std::vector<ContextKv> cx(seqs);
-        std::vector<const ContextKv*> ptrs;
-        for (int b = 0; b < seqs; ++b) {
-          cx[b].dtype = DType::kBF16;
-          cx[b].heads.resize(hkv);
+      PagePool pool = MakePool(8 * hkv * 1024, s, 7);
+      // Variant 5: the tensor-core kernel launched back to back with programmatic dependent launch (as in the engine's
+      // decode step, where it follows the RoPE kernel).
+      for (int variant = 0; variant < 6; ++variant) {
+        ScopedPdl pdl(variant == 5);
+        const int min_tokens = variant == 1 ? 128 : variant == 2 ? 256 : 64;
+        const DecodeKernel kernel = variant == 3 ? DecodeKernel::kPipelined : variant == 4 ? DecodeKernel::kLegacy : DecodeKernel::kMma;
+        std::mt19937 rng(9);
+        std::vector<UploadedPlan> plans;
+        std::vector<ContextKv> ctxs(8);
+        for (int sel = 0; sel < 8; ++sel) {
+          ctxs[sel].dtype = DType::kBF16;
+          ctxs[sel].heads.resize(hkv);
           for (int h = 0; h < hkv; ++h) {
-            for (int64_t p = 0; p < pages_per_head; ++p) {
-              const int64_t page = (int64_t(b) * hkv + h) * pages_per_head + p;
-              cx[b].heads[h].push_back(KvRun{pool.K(page), pool.V(page), 32, p * 32});
+            for (int p = 0; p < 64; ++p) {
+              const int64_t page = rng() % pool.pages;
+              ctxs[sel].heads[h].push_back(KvRun{pool.K(page), pool.V(page), 32, -1});
             }
           }
-          ptrs.push_back(&cx[b]);
+          plans.push_back(plan_for({&ctxs[sel]}, std::max(1, DecodeCtasPerSm(d, hq / hkv, 0, kernel)), min_tokens));
         }
-        std::vector<UploadedPlan> plans;
-        plans.push_back(plan_for(ptrs, ctas, 64));
-        decode_case(absl::StrFormat("decode_dense%s_pages_b%d", ctx, seqs), plans, seqs, tokens, DecodeKernel::kMma, false);
-        if (seqs == 1) {
-          std::vector<UploadedPlan> legacy;
-          legacy.push_back(plan_for(ptrs, 2, 64));
-          decode_case(absl::StrFormat("decode_dense%s_pages_b1_legacy", ctx), legacy, 1, tokens, DecodeKernel::kLegacy, false);
-        }
+        const char* tag = variant == 3 ? "_pipelined" : variant == 4 ? "_legacy" : variant == 5 ? "_pdl" : "";
+        decode_case(absl::StrFormat("decode_sparse2048_b1%s%s", tag, min_tokens == 64 ? "" : absl::StrFormat("_min%d", min_tokens)),
+                    plans, 1, 2048, kernel, true);
       }
+      // The floor of one launch: an empty kernel, back to back, on this stream.
+      const double empty_ms = TimeMs(s, [&](int) { BENCH_CHECK(LaunchEmpty(s)); }, 50, 7);
+      Report("launch_empty_kernel_us", empty_ms * 1e3, "us", 1.0, "launch-latency floor (back-to-back)");
     }
-  }
-  // Sparse: 2048 tokens per head = 64 random pages of a 512 MiB pool, 8 different selections rotated.
-  {
-    PagePool pool = MakePool(8 * hkv * 1024, s, 7);
-    // Variant 5: the tensor-core kernel launched back to back with programmatic dependent launch (as in the engine's
-    // decode step, where it follows the RoPE kernel).
-    for (int variant = 0; variant < 6; ++variant) {
-      ScopedPdl pdl(variant == 5);
-      const int min_tokens = variant == 1 ? 128 : variant == 2 ? 256 : 64;
-      const DecodeKernel kernel = variant == 3 ? DecodeKernel::kPipelined : variant == 4 ? DecodeKernel::kLegacy : DecodeKernel::kMma;
-      std::mt19937 rng(9);
-      std::vector<UploadedPlan> plans;
-      std::vector<ContextKv> ctxs(8);
-      for (int sel = 0; sel < 8; ++sel) {
-        ctxs[sel].dtype = DType::kBF16;
-        ctxs[sel].heads.resize(hkv);
-        for (int h = 0; h < hkv; ++h) {
-          for (int p = 0; p < 64; ++p) {
-            const int64_t page = rng() % pool.pages;
-            ctxs[sel].heads[h].push_back(KvRun{pool.K(page), pool.V(page), 32, -1});
-          }
-        }
-        plans.push_back(plan_for({&ctxs[sel]}, std::max(1, DecodeCtasPerSm(d, hq / hkv, 0, kernel)), min_tokens));
-      }
-      const char* tag = variant == 3 ? "_pipelined" : variant == 4 ? "_legacy" : variant == 5 ? "_pdl" : "";
-      decode_case(absl::StrFormat("decode_sparse2048_b1%s%s", tag, min_tokens == 64 ? "" : absl::StrFormat("_min%d", min_tokens)),
-                  plans, 1, 2048, kernel, true);
-    }
-    // The floor of one launch: an empty kernel, back to back, on this stream.
-    const double empty_ms = TimeMs(s, [&](int) { BENCH_CHECK(LaunchEmpty(s)); }, 50, 7);
-    Report("launch_empty_kernel_us", empty_ms * 1e3, "us", 1.0, "launch-latency floor (back-to-back)");
   }
 
   // ---- Prefill attention ---------------------------------------------------------------------------------------
@@ -371,152 +387,160 @@ void Run() {
     const double tflops = 4.0 * pairs * d * hq / (ms * 1e-3) / 1e12;
     Report(name, tflops, "TFLOP/s", tflops / gemm_tflops, "measured GEMM");
   };
-  prefill_case("prefill_causal_4096", 4096, 0);
-  prefill_case("prefill_1024_over_16k_pages", 1024, 16384);
+  if (Wanted("prefill")) {
+    prefill_case("prefill_causal_4096", 4096, 0);
+    prefill_case("prefill_1024_over_16k_pages", 1024, 16384);
+  }
 
   // ---- K-means: 8 KV heads x 32k keys; C = 1024 (ours: 32 tokens per cluster) and 400 (ClusterKV's at 32k) ----
-  for (const int32_t C : {1024, 400}) {
-    const int32_t heads = 8, npts = 32768;
-    const std::string tag = absl::StrFormat("8x32k_C%d", C);
-    DeviceBuffer keys = Alloc(size_t(npts) * heads * d * 2), cent = Alloc(size_t(heads) * C * d * 4),
-                 labels = Alloc(size_t(heads) * npts * 4), sizes = Alloc(size_t(heads) * C * 4);
-    BENCH_CHECK(FillUniformBf16(keys.as<bf16>(), int64_t(npts) * heads * d, 14, 1.0f, s));
-    BENCH_CHECK(FillUniformF32(cent.as<float>(), int64_t(heads) * C * d, 15, 1.0f, s));
-    DeviceBuffer ws = Alloc(KMeansWorkspaceBytes(heads, npts, C, d));
-    KMeansPoints pts{keys.as<bf16>(), d, int64_t(heads) * d, heads, npts, d};
-    const double assign_ms = TimeMs(s, [&](int) {
-      BENCH_CHECK(KMeansAssign(pts, cent.as<float>(), C, labels.as<int32_t>(), ws.data(), ws.bytes(), s));
-    }, 5, 5);
-    const double tflops = 2.0 * npts * C * d * heads / (assign_ms * 1e-3) / 1e12;
-    Report("kmeans_assign_" + tag, tflops, "TFLOP/s", tflops / gemm_tflops, "measured GEMM");
-    const double update_ms = TimeMs(s, [&](int) {
-      BENCH_CHECK(KMeansUpdate(pts, labels.as<int32_t>(), C, cent.as<float>(), sizes.as<int32_t>(), ws.data(), ws.bytes(), s));
-    }, 5, 5);
-    const double ubytes = double(npts) * heads * d * 2;
-    Report("kmeans_update_" + tag + "_us", update_ms * 1e3, "us", (ubytes / (hbm * 1e9) * 1e6) / (update_ms * 1e3),
-           "floor keys/HBM");
-    if (C == 1024) {
-      Report("kmeans_iteration_" + tag + "_ms", assign_ms + update_ms, "ms", 0.95 / (assign_ms + update_ms),
-             "eager torch 0.95 ms (performance.md 3)");
+  if (Wanted("kmeans")) {
+    for (const int32_t C : {1024, 400}) {
+      const int32_t heads = 8, npts = 32768;
+      const std::string tag = absl::StrFormat("8x32k_C%d", C);
+      DeviceBuffer keys = Alloc(size_t(npts) * heads * d * 2), cent = Alloc(size_t(heads) * C * d * 4),
+                   labels = Alloc(size_t(heads) * npts * 4), sizes = Alloc(size_t(heads) * C * 4);
+      BENCH_CHECK(FillUniformBf16(keys.as<bf16>(), int64_t(npts) * heads * d, 14, 1.0f, s));
+      BENCH_CHECK(FillUniformF32(cent.as<float>(), int64_t(heads) * C * d, 15, 1.0f, s));
+      DeviceBuffer ws = Alloc(KMeansWorkspaceBytes(heads, npts, C, d));
+      KMeansPoints pts{keys.as<bf16>(), d, int64_t(heads) * d, heads, npts, d};
+      const double assign_ms = TimeMs(s, [&](int) {
+        BENCH_CHECK(KMeansAssign(pts, cent.as<float>(), C, labels.as<int32_t>(), ws.data(), ws.bytes(), s));
+      }, 5, 5);
+      const double tflops = 2.0 * npts * C * d * heads / (assign_ms * 1e-3) / 1e12;
+      Report("kmeans_assign_" + tag, tflops, "TFLOP/s", tflops / gemm_tflops, "measured GEMM");
+      const double update_ms = TimeMs(s, [&](int) {
+        BENCH_CHECK(KMeansUpdate(pts, labels.as<int32_t>(), C, cent.as<float>(), sizes.as<int32_t>(), ws.data(), ws.bytes(), s));
+      }, 5, 5);
+      const double ubytes = double(npts) * heads * d * 2;
+      Report("kmeans_update_" + tag + "_us", update_ms * 1e3, "us", (ubytes / (hbm * 1e9) * 1e6) / (update_ms * 1e3),
+             "floor keys/HBM");
+      if (C == 1024) {
+        Report("kmeans_iteration_" + tag + "_ms", assign_ms + update_ms, "ms", 0.95 / (assign_ms + update_ms),
+               "eager torch 0.95 ms (performance.md 3)");
+      }
+      // One layer's clustering as the recall path runs it: 20 rounds and the final relabel, no early stop.
+      const double run_ms = TimeMs(s, [&](int) {
+        BENCH_CHECK(KMeansRun(pts, C, 20, cent.as<float>(), labels.as<int32_t>(), sizes.as<int32_t>(), ws.data(),
+                              ws.bytes(), s));
+      }, 1, 3);
+      Report("kmeans_run20_" + tag + "_ms", run_ms, "ms", 21 * assign_ms / run_ms, "21 assignments' share");
     }
-    // One layer's clustering as the recall path runs it: 20 rounds and the final relabel, no early stop.
-    const double run_ms = TimeMs(s, [&](int) {
-      BENCH_CHECK(KMeansRun(pts, C, 20, cent.as<float>(), labels.as<int32_t>(), sizes.as<int32_t>(), ws.data(),
-                            ws.bytes(), s));
-    }, 1, 3);
-    Report("kmeans_run20_" + tag + "_ms", run_ms, "ms", 21 * assign_ms / run_ms, "21 assignments' share");
   }
 
   // ---- Selection: decode, 8 KV heads x group 4 ----------------------------------------------------------------
-  for (int32_t C : {1024, 4096}) {
-    const int32_t heads = 8, group = 4;
-    DeviceBuffer q = Alloc(size_t(heads) * group * d * 2), cent = Alloc(size_t(heads) * C * d * 4),
-                 pooled = Alloc(size_t(heads) * C * 4), sizes = Alloc(size_t(heads) * C * 4),
-                 chosen = Alloc(size_t(heads) * C * 4), count = Alloc(heads * 4), taken = Alloc(heads * 8);
-    BENCH_CHECK(FillUniformBf16(q.as<bf16>(), int64_t(heads) * group * d, 16, 1.0f, s));
-    BENCH_CHECK(FillUniformF32(cent.as<float>(), int64_t(heads) * C * d, 17, 1.0f, s));
-    // Cluster sizes as k-means leaves them: mostly around 32 tokens, some empty (the greedy's second phase then
-    // walks the sorted order until the budget is exactly spent).
-    std::mt19937 zr(15);
-    std::vector<int32_t> hs(size_t(heads) * C);
-    for (int32_t& z : hs) z = zr() % 8 == 0 ? 0 : static_cast<int32_t>(1 + zr() % 63);
-    BENCH_CHECK(CudaStatus(cudaMemcpy(sizes.data(), hs.data(), hs.size() * 4, cudaMemcpyHostToDevice), "sizes"));
-    DeviceBuffer ws = Alloc(ScoreWorkspaceBytes(heads, group, C));
-    const double ms = TimeMs(s, [&](int) {
-      ScoreArgs a;
-      a.q = q.as<bf16>();
-      a.heads = heads;
-      a.group = group;
-      a.head_dim = d;
-      a.centroids = cent.as<float>();
-      a.blocks = C;
-      a.pooled = pooled.as<float>();
-      BENCH_CHECK(ScoreBlocks(a, ws.data(), ws.bytes(), s));
-      SelectArgs sa{pooled.as<float>(), sizes.as<int32_t>(), heads, C, 2048, chosen.as<int32_t>(), count.as<int32_t>(),
-                    taken.as<int64_t>()};
-      BENCH_CHECK(SelectBlocks(sa, nullptr, 0, s));
-    }, 50, 7);
-    const double floor_us = double(heads) * C * d * 4 / (hbm * 1e9) * 1e6;
-    Report(absl::StrFormat("select_score_C%d_us", C), ms * 1e3, "us", floor_us / (ms * 1e3), "floor centroids/HBM");
-    // The same selection in two launches (what the recall path runs for a decode step).
-    const double fused_ms = TimeMs(s, [&](int) {
-      FusedSelectArgs f;
-      f.q = q.as<bf16>();
-      f.heads = heads;
-      f.group = group;
-      f.head_dim = d;
-      f.centroids = cent.as<float>();
-      f.sizes = sizes.as<int32_t>();
-      f.blocks = C;
-      f.budget = 2048;
-      f.chosen = chosen.as<int32_t>();
-      f.count = count.as<int32_t>();
-      f.taken = taken.as<int64_t>();
-      BENCH_CHECK(FusedSelect(f, ws.data(), ws.bytes(), s));
-    }, 50, 7);
-    Report(absl::StrFormat("select_fused_C%d_us", C), fused_ms * 1e3, "us", floor_us / (fused_ms * 1e3),
-           "floor centroids/HBM (ScoreKernel + PoolSelectKernel)");
+  if (Wanted("selection")) {
+    for (int32_t C : {1024, 4096}) {
+      const int32_t heads = 8, group = 4;
+      DeviceBuffer q = Alloc(size_t(heads) * group * d * 2), cent = Alloc(size_t(heads) * C * d * 4),
+                   pooled = Alloc(size_t(heads) * C * 4), sizes = Alloc(size_t(heads) * C * 4),
+                   chosen = Alloc(size_t(heads) * C * 4), count = Alloc(heads * 4), taken = Alloc(heads * 8);
+      BENCH_CHECK(FillUniformBf16(q.as<bf16>(), int64_t(heads) * group * d, 16, 1.0f, s));
+      BENCH_CHECK(FillUniformF32(cent.as<float>(), int64_t(heads) * C * d, 17, 1.0f, s));
+      // Cluster sizes as k-means leaves them: mostly around 32 tokens, some empty (the greedy's second phase then
+      // walks the sorted order until the budget is exactly spent).
+      std::mt19937 zr(15);
+      std::vector<int32_t> hs(size_t(heads) * C);
+      for (int32_t& z : hs) z = zr() % 8 == 0 ? 0 : static_cast<int32_t>(1 + zr() % 63);
+      BENCH_CHECK(CopyToDevice(sizes.data(), hs.data(), hs.size() * 4));
+      DeviceBuffer ws = Alloc(ScoreWorkspaceBytes(heads, group, C));
+      const double ms = TimeMs(s, [&](int) {
+        ScoreArgs a;
+        a.q = q.as<bf16>();
+        a.heads = heads;
+        a.group = group;
+        a.head_dim = d;
+        a.centroids = cent.as<float>();
+        a.blocks = C;
+        a.pooled = pooled.as<float>();
+        BENCH_CHECK(ScoreBlocks(a, ws.data(), ws.bytes(), s));
+        SelectArgs sa{pooled.as<float>(), sizes.as<int32_t>(), heads, C, 2048, chosen.as<int32_t>(), count.as<int32_t>(),
+                      taken.as<int64_t>()};
+        BENCH_CHECK(SelectBlocks(sa, nullptr, 0, s));
+      }, 50, 7);
+      const double floor_us = double(heads) * C * d * 4 / (hbm * 1e9) * 1e6;
+      Report(absl::StrFormat("select_score_C%d_us", C), ms * 1e3, "us", floor_us / (ms * 1e3), "floor centroids/HBM");
+      // The same selection in two launches (what the recall path runs for a decode step).
+      const double fused_ms = TimeMs(s, [&](int) {
+        FusedSelectArgs f;
+        f.q = q.as<bf16>();
+        f.heads = heads;
+        f.group = group;
+        f.head_dim = d;
+        f.centroids = cent.as<float>();
+        f.sizes = sizes.as<int32_t>();
+        f.blocks = C;
+        f.budget = 2048;
+        f.chosen = chosen.as<int32_t>();
+        f.count = count.as<int32_t>();
+        f.taken = taken.as<int64_t>();
+        BENCH_CHECK(FusedSelect(f, ws.data(), ws.bytes(), s));
+      }, 50, 7);
+      Report(absl::StrFormat("select_fused_C%d_us", C), fused_ms * 1e3, "us", floor_us / (fused_ms * 1e3),
+             "floor centroids/HBM (ScoreKernel + PoolSelectKernel)");
+    }
   }
 
   // ---- Host selection (the query copied back) vs the GPU's, decode, 8 KV heads x group 4 -----------------------
-  for (int32_t C : {1024, 4096}) {
-    const int32_t heads = 8, group = 4;
-    std::mt19937 rng(31);
-    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    std::vector<float> cent(size_t(heads) * C * d);
-    for (float& x : cent) x = u(rng);
-    std::vector<int32_t> sizes(size_t(heads) * C);
-    for (int32_t& x : sizes) x = 1 + int32_t(rng() % 63);
-    DeviceBuffer dq = Alloc(size_t(heads) * group * d * 2);
-    BENCH_CHECK(FillUniformBf16(dq.as<bf16>(), int64_t(heads) * group * d, 32, 1.0f, s));
-    auto pq = PinnedHostBuffer::Create(size_t(heads) * group * d * 2);
-    BENCH_CHECK(pq.status());
-    std::vector<double> t;
-    std::vector<float> q(size_t(heads) * group * d), score(C), pooled(C);
-    std::vector<int32_t> order(C);
-    int64_t sink = 0;
-    for (int rep = 0; rep < 30; ++rep) {
-      const auto t0 = std::chrono::steady_clock::now();
-      BENCH_CHECK(CudaStatus(cudaMemcpyAsync(pq->data(), dq.data(), q.size() * 2, cudaMemcpyDeviceToHost, s), "q"));
-      BENCH_CHECK(CudaStatus(cudaStreamSynchronize(s), "sync"));
-      for (size_t i = 0; i < q.size(); ++i) q[i] = __bfloat162float(pq->as<bf16>()[i]);
-      for (int32_t h = 0; h < heads; ++h) {
-        std::fill(pooled.begin(), pooled.end(), 0.0f);
-        for (int32_t j = 0; j < group; ++j) {
-          const float* qv = &q[(size_t(h) * group + j) * d];
-          float mx = -INFINITY;
-          for (int32_t c = 0; c < C; ++c) {
-            const float* cv = &cent[(size_t(h) * C + c) * d];
-            float acc = 0.0f;
-            for (int e = 0; e < d; ++e) acc += qv[e] * cv[e];
-            score[c] = acc * scale;
-            mx = std::max(mx, score[c]);
+  if (Wanted("selection")) {
+    for (int32_t C : {1024, 4096}) {
+      const int32_t heads = 8, group = 4;
+      std::mt19937 rng(31);
+      std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+      std::vector<float> cent(size_t(heads) * C * d);
+      for (float& x : cent) x = u(rng);
+      std::vector<int32_t> sizes(size_t(heads) * C);
+      for (int32_t& x : sizes) x = 1 + int32_t(rng() % 63);
+      DeviceBuffer dq = Alloc(size_t(heads) * group * d * 2);
+      BENCH_CHECK(FillUniformBf16(dq.as<bf16>(), int64_t(heads) * group * d, 32, 1.0f, s));
+      auto pq = PinnedHostBuffer::Create(size_t(heads) * group * d * 2);
+      BENCH_CHECK(pq.status());
+      std::vector<double> t;
+      std::vector<float> q(size_t(heads) * group * d), score(C), pooled(C);
+      std::vector<int32_t> order(C);
+      int64_t sink = 0;
+      for (int rep = 0; rep < 30; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        BENCH_CHECK(CudaStatus(cudaMemcpyAsync(pq->data(), dq.data(), q.size() * 2, cudaMemcpyDeviceToHost, s), "q"));
+        BENCH_CHECK(CudaStatus(cudaStreamSynchronize(s), "sync"));
+        for (size_t i = 0; i < q.size(); ++i) q[i] = __bfloat162float(pq->as<bf16>()[i]);
+        for (int32_t h = 0; h < heads; ++h) {
+          std::fill(pooled.begin(), pooled.end(), 0.0f);
+          for (int32_t j = 0; j < group; ++j) {
+            const float* qv = &q[(size_t(h) * group + j) * d];
+            float mx = -INFINITY;
+            for (int32_t c = 0; c < C; ++c) {
+              const float* cv = &cent[(size_t(h) * C + c) * d];
+              float acc = 0.0f;
+              for (int e = 0; e < d; ++e) acc += qv[e] * cv[e];
+              score[c] = acc * scale;
+              mx = std::max(mx, score[c]);
+            }
+            float sum = 0.0f;
+            for (int32_t c = 0; c < C; ++c) sum += (score[c] = std::exp(score[c] - mx));
+            for (int32_t c = 0; c < C; ++c) pooled[c] += score[c] / sum / group;
           }
-          float sum = 0.0f;
-          for (int32_t c = 0; c < C; ++c) sum += (score[c] = std::exp(score[c] - mx));
-          for (int32_t c = 0; c < C; ++c) pooled[c] += score[c] / sum / group;
+          std::iota(order.begin(), order.end(), 0);
+          std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return pooled[a] > pooled[b] || (pooled[a] == pooled[b] && a < b); });
+          int64_t left = 2048;
+          for (int32_t c : order) {
+            const int32_t n = sizes[size_t(h) * C + c];
+            if (n <= left) left -= n, sink += c;
+          }
         }
-        std::iota(order.begin(), order.end(), 0);
-        std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return pooled[a] > pooled[b] || (pooled[a] == pooled[b] && a < b); });
-        int64_t left = 2048;
-        for (int32_t c : order) {
-          const int32_t n = sizes[size_t(h) * C + c];
-          if (n <= left) left -= n, sink += c;
-        }
+        t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
-      t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      std::sort(t.begin(), t.end());
+      Report(absl::StrFormat("select_host_C%d_us", C), t[t.size() / 2] * 1e6, "us", 0.0,
+             absl::StrFormat("q D2H + 1-thread scoring + greedy (compare select_score_C%d_us)", C));
+      if (sink == 42) std::printf(" ");
     }
-    std::sort(t.begin(), t.end());
-    Report(absl::StrFormat("select_host_C%d_us", C), t[t.size() / 2] * 1e6, "us", 0.0,
-           absl::StrFormat("q D2H + 1-thread scoring + greedy (compare select_score_C%d_us)", C));
-    if (sink == 42) std::printf(" ");
   }
 
   // ---- Recall: pinned host memory -> device ---------------------------------------------------------------------
   // A 1 GiB pinned pool (mapped, for the zero-copy gather), destinations in HBM. Cluster runs: random runs of 1 or
   // 2 pages of 16 KiB (a 32-token cluster spans ~1.5 pages), sources anywhere in the pool, destinations packed;
   // per token: K and V rows of 256 B each, the ClusterKV offload pattern.
-  {
+  if (Wanted("recall")) {
     const size_t pool_bytes = size_t{1} << 30, page = 16384, big = size_t{256} << 20;
     auto pool = PinnedHostBuffer::Create(pool_bytes, /*mapped=*/true);
     BENCH_CHECK(pool.status());
@@ -565,8 +589,7 @@ void Run() {
       std::vector<CopyRun> runs(sv.size());
       for (size_t i = 0; i < sv.size(); ++i) runs[i] = CopyRun{sv[i], d[i], b[i]};
       DeviceBuffer dr = Alloc(runs.size() * sizeof(CopyRun));
-      BENCH_CHECK(CudaStatus(cudaMemcpy(dr.data(), runs.data(), runs.size() * sizeof(CopyRun), cudaMemcpyHostToDevice),
-                             "upload runs"));
+      BENCH_CHECK(CopyToDevice(dr.data(), runs.data(), runs.size() * sizeof(CopyRun)));
       const int32_t nr = static_cast<int32_t>(runs.size());
       // (CTAs, threads per CTA): the engine's default first.
       const std::vector<std::pair<int, int>> shapes = {{32, 512}, {132, 512}, {8, 512}, {4, 512}, {2, 512},
@@ -605,28 +628,77 @@ void Run() {
       BENCH_CHECK(t0.status());
       BENCH_CHECK(t1.status());
       BENCH_CHECK(t2.status());
-      for (auto [ctas_g, threads_g] : shapes) {
-        std::vector<double> gemv_ms, gather_ms;
+      // The GEMV's time beside `side_work` (enqueued on the side stream when the GEMVs start) and the side work's.
+      auto beside = [&](const std::function<void()>& side_work, double* gemv_out, double* side_out) {
+        std::vector<double> gemv_ms, side_ms;
         for (int r = 0; r < 5; ++r) {
           BENCH_CHECK(t0->Record(s));
           BENCH_CHECK(CudaStatus(cudaStreamWaitEvent(side.get(), t0->get(), 0), "wait"));
-          BENCH_CHECK(GatherRuns(dr.as<CopyRun>(), nr, ctas_g, threads_g, side.get()));
+          side_work();
           BENCH_CHECK(t2->Record(side.get()));
           gemv_loop(iters);
           BENCH_CHECK(t1->Record(s));
           BENCH_CHECK(t1->Synchronize());
           BENCH_CHECK(t2->Synchronize());
           gemv_ms.push_back(*Event::ElapsedMs(*t0, *t1) / iters);
-          gather_ms.push_back(*Event::ElapsedMs(*t0, *t2));
+          side_ms.push_back(*Event::ElapsedMs(*t0, *t2));
         }
         std::sort(gemv_ms.begin(), gemv_ms.end());
-        std::sort(gather_ms.begin(), gather_ms.end());
-        const double gv = gemv_ms[2], ga = gather_ms[2];
+        std::sort(side_ms.begin(), side_ms.end());
+        *gemv_out = gemv_ms[2];
+        *side_out = side_ms[2];
+      };
+      const std::string alone_note = absl::StrFormat("the GEMV alone (%.1f us)", alone_ms * 1e3);
+      for (auto [ctas_g, threads_g] : shapes) {
+        double gv = 0, ga = 0;
+        beside([&] { BENCH_CHECK(GatherRuns(dr.as<CopyRun>(), nr, ctas_g, threads_g, side.get())); }, &gv, &ga);
         Report(absl::StrFormat("gemv_4096x28672_beside_gather_%dx%d", ctas_g, threads_g),
-               gm * gk * 2.0 / (gv * 1e-3) / 1e9, "GB/s", alone_ms / gv,
-               absl::StrFormat("the GEMV alone (%.1f us)", alone_ms * 1e3));
+               gm * gk * 2.0 / (gv * 1e-3) / 1e9, "GB/s", alone_ms / gv, alone_note);
         Report(absl::StrFormat("%s_sm_gather_%dx%d_beside_gemv", name, ctas_g, threads_g), total / (ga * 1e-3) / 1e9,
                "GB/s", total / (ga * 1e-3) / 1e9 / h2d, "measured pinned H2D");
+      }
+      // What the cost is made of: the same GEMV beside the copy engine moving the same bytes in one pinned
+      // host-to-device copy (PCIe traffic without SM loads), and beside the 8 x 256 gather reading the same runs from
+      // device memory (SM loads without PCIe).
+      {
+        double gv = 0, ga = 0;
+        beside([&] {
+          BENCH_CHECK(CudaStatus(cudaMemcpyAsync(dst.as<uint8_t>(), pool->as<uint8_t>(), total, cudaMemcpyHostToDevice,
+                                                 side.get()), "h2d beside"));
+        }, &gv, &ga);
+        Report("gemv_4096x28672_beside_copy_engine_h2d", gm * gk * 2.0 / (gv * 1e-3) / 1e9, "GB/s", alone_ms / gv,
+               alone_note);
+        Report(absl::StrFormat("%s_copy_engine_h2d_beside_gemv", name), total / (ga * 1e-3) / 1e9, "GB/s",
+               total / (ga * 1e-3) / 1e9 / h2d, "measured pinned H2D (one contiguous copy of the same bytes)");
+        DeviceBuffer dev_src = Alloc(pool_bytes);
+        std::vector<CopyRun> local(runs);
+        for (CopyRun& r : local) {
+          r.src = dev_src.as<uint8_t>() + (static_cast<const uint8_t*>(r.src) - pool->as<uint8_t>());
+        }
+        DeviceBuffer dl = Alloc(local.size() * sizeof(CopyRun));
+        BENCH_CHECK(CopyToDevice(dl.data(), local.data(), local.size() * sizeof(CopyRun)));
+        beside([&] { BENCH_CHECK(GatherRuns(dl.as<CopyRun>(), nr, 8, 256, side.get())); }, &gv, &ga);
+        Report("gemv_4096x28672_beside_device_gather_8x256", gm * gk * 2.0 / (gv * 1e-3) / 1e9, "GB/s",
+               alone_ms / gv, alone_note);
+      }
+      // The copy engine's host cost: one cudaMemcpyBatchAsync of the set, host time per copy (the device idle).
+      {
+        cudaMemcpyAttributes attr = {};
+        attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+        size_t idx = 0;
+        std::vector<double> us;
+        for (int r = 0; r < 5; ++r) {
+          BENCH_CHECK(CudaStatus(cudaStreamSynchronize(s), "sync"));
+          const auto h0 = std::chrono::steady_clock::now();
+          BENCH_CHECK(CudaStatus(cudaMemcpyBatchAsync(d.data(), sv.data(), b.data(), d.size(), &attr, &idx, 1, s),
+                                 "batch"));
+          us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - h0).count() /
+                       d.size());
+        }
+        BENCH_CHECK(CudaStatus(cudaStreamSynchronize(s), "sync"));
+        std::sort(us.begin(), us.end());
+        Report(absl::StrFormat("%s_batch_host_us_per_copy", name), us[2], "us", 0,
+               "host time of one cudaMemcpyBatchAsync call / its copies");
       }
     };
     {
@@ -656,7 +728,7 @@ void Run() {
   }
 
   // ---- Element-wise -----------------------------------------------------------------------------------------------
-  {
+  if (Wanted("elementwise")) {
     const int64_t rowsn = 8192, hidden = 4096, inter = 14336;
     DeviceBuffer x = Alloc(rowsn * hidden * 2), w = Alloc(hidden * 2), o = Alloc(rowsn * hidden * 2);
     BENCH_CHECK(FillUniformBf16(x.as<bf16>(), rowsn * hidden, 18, 1.0f, s));
@@ -676,12 +748,12 @@ void Run() {
   }
 
   // ---- Sampling over a 128k vocabulary -------------------------------------------------------------------------
-  {
+  if (Wanted("sampling")) {
     const int32_t vocab = 128256;
     DeviceBuffer logits = Alloc(size_t(vocab) * 4), u = Alloc(4), tok = Alloc(4), ws = Alloc(SampleTopPWorkspaceBytes(1, vocab));
     BENCH_CHECK(FillUniformF32(logits.as<float>(), vocab, 21, 8.0f, s));
     const float half = 0.5f;
-    BENCH_CHECK(CudaStatus(cudaMemcpy(u.data(), &half, 4, cudaMemcpyHostToDevice), "u"));
+    BENCH_CHECK(CopyToDevice(u.data(), &half, 4));
     double ms = TimeMs(s, [&](int) { BENCH_CHECK(SampleArgMax(logits.as<float>(), 1, vocab, vocab, tok.as<int32_t>(), s)); }, 50);
     Report("sample_argmax_128k_us", ms * 1e3, "us", (vocab * 4.0 / (hbm * 1e9) * 1e6) / (ms * 1e3), "floor logits/HBM");
     ms = TimeMs(s, [&](int) {
