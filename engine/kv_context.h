@@ -31,7 +31,7 @@ class KvContext {
 
   // Fills `ctx` with what each KV head of `layer` attends to among the committed tokens, given the chunk's
   // post-RoPE queries q [n][num_heads][head_dim] in backend memory. The runs stay valid until the next call on
-  // this context.
+  // this context. ctx->query_copy arrives null; a context may point it at its own buffer (one-row chunks only).
   virtual absl::Status Select(int layer, TensorView q, ContextKv* ctx) = 0;
 
   // Stores the chunk's post-RoPE keys and values, each [n][num_kv_heads][head_dim], for `layer`. Not visible to

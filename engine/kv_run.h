@@ -27,6 +27,11 @@ struct KvRun {
 struct ContextKv {
   DType dtype = DType::kF32;               // element type of every K and V row
   std::vector<std::vector<KvRun>> heads;   // [num_kv_heads][runs]
+  // Where a one-row (decode) attention also stores its query, [num_heads][head_dim] in the activation dtype, in the
+  // backend's memory; null: nowhere. In stream order after the attention it holds this step's query even once the
+  // next layer has reused q's buffer: a recall context takes it for a speculative selection that runs on another
+  // stream after the attention (engine/cuda/recall_kv_context.h). INVALID_ARGUMENT for chunks of several rows.
+  void* query_copy = nullptr;
 
   int64_t TokensOfHead(size_t h) const {
     int64_t n = 0;

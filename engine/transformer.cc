@@ -106,6 +106,7 @@ absl::Status Transformer::ForwardChunk(absl::Span<const int32_t> tokens, KvConte
     LIVEKV_RETURN_IF_ERROR(b.RmsNorm(x, w.attn_norm.view(), eps, xn));
     LIVEKV_RETURN_IF_ERROR(b.Linear(xn, w.wqkv.view(), w.bqkv.empty() ? nullptr : &w.bqkv.view(), qkv));
     LIVEKV_RETURN_IF_ERROR(b.SplitQkvRope(qkv, pos0, rope_, q, k, v));
+    context_.query_copy = nullptr;  // context_ is reused: only a context that asks for a query copy this layer gets one
     LIVEKV_RETURN_IF_ERROR(kv->Select(static_cast<int>(l), q, &context_));
     AttentionArgs args;
     args.q = q;

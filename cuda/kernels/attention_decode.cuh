@@ -36,6 +36,8 @@ struct DecodeParams {
   int32_t hq, hkv, group;
   float scale_log2;             // softmax scale * log2(e)
   int64_t window;               // 0: none; else key visible iff q_pos - key_pos < window
+  bf16* q_copy;                 // [num_seqs][hq][d] or null: the first item of each slot stores its q rows there
+                                // (DecodeMmaKernel only)
 };
 
 // grid: (num_items, ceil(group / kGroup)); block: 32 * kDecodeWarps.
@@ -618,6 +620,13 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
   }
   GridDependencyWait();
   GridDependentsLaunch();
+  if (p.q_copy != nullptr && blockIdx.x == item.first_slot_item) {
+    // The snapshot of this CTA's query heads: heads * kD contiguous elements, 16 bytes per thread and step.
+    const int64_t base = (static_cast<int64_t>(seq) * p.hq + kvh * p.group + h0) * kD;
+    const uint4* src = reinterpret_cast<const uint4*>(p.q + base);
+    uint4* dst = reinterpret_cast<uint4*>(p.q_copy + base);
+    for (int i = tid; i < heads * kD / 8; i += blockDim.x) dst[i] = src[i];
+  }
   __syncthreads();
 
   // Q as A fragments (rows g < heads; rows g + 8 are padding): a0 = Q[g][16kk + 2t..], a2 = Q[g][16kk + 2t + 8..].

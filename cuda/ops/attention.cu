@@ -219,6 +219,14 @@ absl::Status DecodeAttention(const DecodeAttentionArgs& a, const KvPlan& plan, c
   if (a.q == nullptr || a.out == nullptr || plan_device == nullptr || !Aligned16(a.q) || !Aligned16(plan_device)) {
     return absl::InvalidArgumentError("decode_attention: q, out and the plan must be non-null, 16-byte aligned");
   }
+  const size_t q_bytes = static_cast<size_t>(a.num_seqs) * a.num_q_heads * a.head_dim * sizeof(__nv_bfloat16);
+  if (a.q_copy != nullptr) {
+    const auto* c = reinterpret_cast<const uint8_t*>(a.q_copy);
+    const auto* q = reinterpret_cast<const uint8_t*>(a.q);
+    if (!Aligned16(a.q_copy) || (c < q + q_bytes && q < c + q_bytes)) {
+      return absl::InvalidArgumentError("decode_attention: q_copy must be 16-byte aligned and must not overlap q");
+    }
+  }
   const int32_t group = a.num_q_heads / a.num_kv_heads;
   const size_t need = DecodeWorkspaceBytes(plan.num_items(), group, a.head_dim);
   const bool split = plan.num_items() > plan.num_slots();
@@ -241,6 +249,11 @@ absl::Status DecodeAttention(const DecodeAttentionArgs& a, const KvPlan& plan, c
   p.group = group;
   p.scale_log2 = a.scale * kn::kLog2e;
   p.window = a.sliding_window;
+  p.q_copy = a.kernel == DecodeKernel::kMma ? a.q_copy : nullptr;
+  if (a.q_copy != nullptr && a.kernel != DecodeKernel::kMma) {
+    LIVEKV_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(a.q_copy, a.q, q_bytes, cudaMemcpyDeviceToDevice, stream),
+                                      "decode_attention: q copy"));
+  }
   if (a.kernel == DecodeKernel::kMmaRowLoads) {
     if (a.head_dim != 128 || (a.pipeline_stages != 0 && a.pipeline_stages != 3)) {
       return absl::InvalidArgumentError(absl::StrCat("decode_attention: the row-loads kernel exists for head_dim 128 ",

@@ -43,6 +43,11 @@ struct DecodeAttentionArgs {
   DecodeKernel kernel = DecodeKernel::kMma;
   // Shared-memory stages per warp (kMma) or per CTA (kPipelined): 2, 3 or 4 for head_dim 128; 0: the default, 3.
   int pipeline_stages = 0;
+  // Where the launch also stores q ([num_seqs][num_q_heads][head_dim], 16-byte aligned, not overlapping q), or
+  // null: a snapshot for work on another stream that runs after the attention, while the next layer reuses q's
+  // buffer (the recall path's speculative selection). The tensor-core kernel writes it (the first item of each
+  // slot, after GridDependencyWait); the other kernels get a device-to-device copy in the stream before them.
+  __nv_bfloat16* q_copy = nullptr;
 };
 
 // Bytes of workspace DecodeAttention needs for a plan of `num_items` items: per-slot arrival counters and the

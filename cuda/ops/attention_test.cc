@@ -228,10 +228,12 @@ TEST_F(AttentionTest, DecodeMatchesCpuReference) {
       if (kernels[run] == DecodeKernel::kMmaRowLoads && c.d != 128) continue;
       ScopedPdl pdl(run >= 8);
       const void* plan_ptr = run == 9 ? *host_plan_dev : static_cast<const void*>(plan_dev.get());
-      DeviceArray<bf16> dout(q_all.size());
+      DeviceArray<bf16> dout(q_all.size()), dq_copy(q_all.size());
+      dq_copy.Poison();
       DecodeAttentionArgs a;
       a.q = dq.get();
       a.out = dout.get();
+      a.q_copy = run % 2 == 0 ? dq_copy.get() : nullptr;  // every kernel with and without the query snapshot
       a.num_seqs = c.seqs;
       a.num_q_heads = c.hq;
       a.num_kv_heads = c.hkv;
@@ -244,6 +246,12 @@ TEST_F(AttentionTest, DecodeMatchesCpuReference) {
       float vmax = 1.0f;
       ExpectClose(ToFloat(dout.ToHost()), out_ref, 2e-3f * vmax, kBf16Eps,
                   what + " run " + std::to_string(run) + " (" + std::to_string(plan->num_items()) + " items)");
+      if (a.q_copy != nullptr) {
+        const std::vector<bf16> copied = dq_copy.ToHost(), want = ToBf16(q_all);
+        ASSERT_EQ(copied.size(), want.size());
+        EXPECT_EQ(std::memcmp(copied.data(), want.data(), want.size() * sizeof(bf16)), 0)
+            << what << " run " << run << ": the query snapshot differs from q";
+      }
     }
   }
 }
@@ -273,6 +281,16 @@ TEST_F(AttentionTest, DecodeRejectsBadArguments) {
   // A window needs positional runs.
   std::vector<int64_t> pos = {10};
   EXPECT_EQ(KvPlan::Create(ctxs, 2, 128, {}, pos).status().code(), absl::StatusCode::kInvalidArgument);
+  // The query snapshot must be aligned and must not overlap q.
+  auto plan_dev = Upload(*plan);
+  DeviceArray<bf16> q(2 * 4 * 128 + 8), out(4 * 128);
+  a.num_q_heads = 4;
+  a.q = q.get();
+  a.out = out.get();
+  a.q_copy = q.get() + 4 * 128 - 8;  // overlaps q's last 8 elements
+  EXPECT_EQ(DecodeAttention(a, *plan, plan_dev.get(), nullptr, 0, stream()).code(), absl::StatusCode::kInvalidArgument);
+  a.q_copy = q.get() + 4 * 128 + 1;  // past q, misaligned
+  EXPECT_EQ(DecodeAttention(a, *plan, plan_dev.get(), nullptr, 0, stream()).code(), absl::StatusCode::kInvalidArgument);
 }
 
 struct PrefillCase {

@@ -563,6 +563,9 @@ absl::Status ValidateAttentionArgs(const AttentionArgs& a) {
     if (t->dtype != DType::kF32) return absl::InvalidArgumentError("attention: CPU tensors must be fp32");
   }
   if (a.context != nullptr) {
+    if (a.context->query_copy != nullptr && n != 1) {
+      return absl::InvalidArgumentError(absl::StrCat("attention: a query copy is for one-row decode, saw ", n, " rows"));
+    }
     if (static_cast<int64_t>(a.context->heads.size()) != hkv) {
       return absl::InvalidArgumentError(absl::StrCat("attention: context has ", a.context->heads.size(),
                                                      " KV heads, k has ", hkv));
@@ -589,6 +592,9 @@ absl::Status ValidateAttentionArgs(const AttentionArgs& a) {
 absl::Status CpuAttention(const AttentionArgs& a, ThreadPool* pool) {
   absl::Status valid = ValidateAttentionArgs(a);
   if (!valid.ok()) return valid;
+  if (a.context != nullptr && a.context->query_copy != nullptr) {
+    std::memcpy(a.context->query_copy, a.q.data, static_cast<size_t>(a.q.dim(1) * a.q.dim(2)) * sizeof(float));
+  }
   Problem p;
   p.a = &a;
   p.n = a.q.dim(0);

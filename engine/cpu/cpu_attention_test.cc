@@ -241,6 +241,41 @@ TEST(CpuAttentionTest, OutputsAreWeightedValues) {
     }
 }
 
+TEST(CpuAttentionTest, DecodeStoresTheQueryCopy) {
+  const int64_t hq = 4, hkv = 2, d = 8, ctx_len = 5;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd;
+  auto random = [&](size_t n) {
+    std::vector<float> x(n);
+    for (float& v : x) v = nd(rng);
+    return x;
+  };
+  std::vector<float> q = random(hq * d), k = random(hkv * d), v = random(hkv * d), out(hq * d);
+  std::vector<float> ck = random(ctx_len * d), cv = random(ctx_len * d), copy(hq * d, -7.0f);
+  ContextKv ctx;
+  ctx.heads.resize(hkv);
+  for (auto& h : ctx.heads) h.push_back(KvRun{ck.data(), cv.data(), static_cast<int32_t>(ctx_len), 0});
+  ctx.query_copy = copy.data();
+  AttentionArgs a;
+  a.q = View(&q, {1, hq, d});
+  a.k = View(&k, {1, hkv, d});
+  a.v = View(&v, {1, hkv, d});
+  a.out = View(&out, {1, hq, d});
+  a.pos0 = ctx_len;
+  a.context = &ctx;
+  a.scale = 0.5f;
+  ThreadPool pool(2);
+  ASSERT_TRUE(CpuAttention(a, &pool).ok());
+  EXPECT_EQ(copy, q);
+  // Chunks of several rows have no query copy.
+  std::vector<float> q2 = random(2 * hq * d), k2 = random(2 * hkv * d), v2 = random(2 * hkv * d), out2(2 * hq * d);
+  a.q = View(&q2, {2, hq, d});
+  a.k = View(&k2, {2, hkv, d});
+  a.v = View(&v2, {2, hkv, d});
+  a.out = View(&out2, {2, hq, d});
+  EXPECT_EQ(CpuAttention(a, &pool).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(CpuAttentionTest, InvalidArgumentsAreRejected) {
   ThreadPool pool(1);
   std::vector<float> q(2 * 4 * 8), k(2 * 2 * 8), v(2 * 2 * 8), out(2 * 4 * 8), k3(2 * 3 * 8);

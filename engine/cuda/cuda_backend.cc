@@ -434,6 +434,9 @@ absl::Status CudaBackend::Attention(const AttentionArgs& args) {
   }
   const bool window = args.sliding_window > 0;
   const std::vector<int64_t> qpos = {args.pos0 + n - 1};
+  if (args.context != nullptr && args.context->query_copy != nullptr && n != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("attention: a query copy is for one-row decode, saw ", n, " rows"));
+  }
   if (n == 1) {
     // Decode: the context plus the token's own row, one split-KV launch.
     with_self_.dtype = DType::kBF16;
@@ -473,6 +476,7 @@ absl::Status CudaBackend::Attention(const AttentionArgs& args) {
     a.sliding_window = args.sliding_window;
     a.kernel = options_.decode_kernel;
     a.pipeline_stages = options_.decode_stages;
+    if (args.context != nullptr) a.q_copy = static_cast<bf16*>(args.context->query_copy);
     return cuda::DecodeAttention(a, plan, plan_dev, decode_ws_.data(), decode_ws_.bytes(), stream_.get());
   }
   // Prefill: the chunk over its context runs plus itself, causally.

@@ -96,7 +96,7 @@ struct CudaRecallKvContext::Layer {
   int desc_buf = 0;
   std::vector<cuda::CopyRun> runs;
   // Events (see the header's timeline).
-  cuda::Event q_ready, attn_done, sel_done, recall_done, gathered;
+  cuda::Event attn_done, sel_done, recall_done, gathered;
   // Timing events of the diagnostic timeline (LayerTimeline's fields, in order), made when it is switched on, and
   // which of the step's marks were recorded.
   enum Mark { kQueries, kAttend, kAttended, kSelectBegin, kSelectEnd, kRecallBegin, kRecallEnd, kMarks };
@@ -133,6 +133,7 @@ struct CudaRecallKvContext::Layer {
   cuda::PinnedHostBuffer spec_out;  // mapped: the speculative selection writes it at spec_out_device
   uint8_t* spec_out_device = nullptr;
   bool armed = false, posted = false, spec_ready = false;
+  int64_t select_budget = 0;  // the speculative selection's cluster budget (armed)
   bool job_done = false;        // guarded by mu_
   absl::Status job_status;      // guarded by mu_
   JobStats stats;               // written by whichever thread runs the layer's recall
@@ -226,7 +227,7 @@ absl::Status CudaRecallKvContext::Init() {
     auto L = std::make_unique<Layer>();
     L->index = l;
     L->dense = !Sparse(l);
-    for (cuda::Event* e : {&L->q_ready, &L->attn_done, &L->sel_done, &L->recall_done, &L->gathered}) {
+    for (cuda::Event* e : {&L->attn_done, &L->sel_done, &L->recall_done, &L->gathered}) {
       LIVEKV_ASSIGN_OR_RETURN(*e, cuda::Event::Create());
     }
     for (cuda::Event* e : {&L->km.start, &L->km.end}) {
@@ -339,6 +340,7 @@ absl::Status CudaRecallKvContext::Select(int layer, TensorView q, ContextKv* ctx
   L.Mark(timeline_ && decode_chunk_, Layer::kQueries, backend_->stream());
   ctx->dtype = DType::kBF16;
   ctx->heads.assign(hkv_, {});
+  ctx->query_copy = nullptr;
   const size_t row = layout_.row_bytes();
   if (L.rows > 0) {
     for (int32_t h = 0; h < hkv_; ++h) {
@@ -393,7 +395,7 @@ absl::Status CudaRecallKvContext::Select(int layer, TensorView q, ContextKv* ctx
       LIVEKV_RETURN_IF_ERROR(Recall(L, chosen, count, L.c, &L.current, recall_streams_[layer % 2].get(),
                                     L.attn_done.get()));
     }
-    if (speculative_) LIVEKV_RETURN_IF_ERROR(LaunchSpeculativeSelect(layer, q, budget - (L.rows + 1)));
+    if (speculative_) LIVEKV_RETURN_IF_ERROR(ArmSpeculativeSelect(L, budget - (L.rows + 1), ctx));
   }
   // Attention waits for the recall on the device, not on the host.
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(backend_->stream(), L.recall_done.get(), 0));
@@ -426,6 +428,7 @@ absl::Status CudaRecallKvContext::Append(int layer, TensorView k, TensorView v) 
   L.pending += n;
   if (L.armed) {
     L.armed = false;
+    LIVEKV_RETURN_IF_ERROR(EnqueueSpeculativeSelect(L, L.attn_done.get()));
     Post(layer);
   }
   if (!L.dense && !L.km.active && input_end_ >= 0 && committed_ + L.pending == input_end_) {
@@ -793,23 +796,25 @@ absl::Status CudaRecallKvContext::EnqueueSelect(Layer& L, const void* q, int64_t
   return cuda::SelectBlocks(sa, sel_ws, cuda::SelectWorkspaceBytes(hkv_, L.c), stream);
 }
 
-absl::Status CudaRecallKvContext::LaunchSpeculativeSelect(int layer, TensorView q, int64_t cluster_budget) {
-  Layer& L = *layers_[layer];
-  const cudaStream_t cs = backend_->stream(), ss = select_stream_.get();
-  // Hazard 1 (seeds.md §2.8): the estimate reads q_t, made on the compute stream. q's buffer is reused by the next
-  // layer, so the estimate reads a snapshot taken in stream order.
-  LIVEKV_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(L.q_snap.data(), q.data, static_cast<size_t>(hq_) * d_ * 2, cudaMemcpyDeviceToDevice, cs));
-  LIVEKV_RETURN_IF_ERROR(L.q_ready.Record(cs));
-  LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(ss, L.q_ready.get(), 0));
+absl::Status CudaRecallKvContext::ArmSpeculativeSelect(Layer& L, int64_t cluster_budget, ContextKv* ctx) {
+  // Hazard 1 (seeds.md §2.8): the estimate reads q_t, made on the compute stream, whose buffer the next layer
+  // reuses. The attention stores a snapshot (ContextKv::query_copy), and the selection runs after the attention
+  // (enqueued at Append): off the attention's SMs, and with no copy or event between the step's kernels.
+  ctx->query_copy = L.q_snap.data();
+  L.armed = true;  // the selection and the worker's job follow at Append, once the attention is enqueued
+  L.select_budget = cluster_budget;
+  return absl::OkStatus();
+}
+
+absl::Status CudaRecallKvContext::EnqueueSpeculativeSelect(Layer& L, cudaEvent_t after) {
+  const cudaStream_t ss = select_stream_.get();
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(ss, after, 0));
   L.Mark(timeline_, Layer::kSelectBegin, ss);
   // The selection writes its result straight into the mapped pinned block the worker reads (no copy after it).
   LIVEKV_RETURN_IF_ERROR(
-      EnqueueSelect(L, L.q_snap.as<bf16>(), cluster_budget, /*slot=*/0, L.spec_out_device, ss));
+      EnqueueSelect(L, L.q_snap.as<bf16>(), L.select_budget, /*slot=*/0, L.spec_out_device, ss));
   L.Mark(timeline_, Layer::kSelectEnd, ss);
-  LIVEKV_RETURN_IF_ERROR(L.sel_done.Record(ss));
-  L.armed = true;  // the worker's job is posted at Append, once the attention it must follow is enqueued
-  return absl::OkStatus();
+  return L.sel_done.Record(ss);
 }
 
 absl::Status CudaRecallKvContext::Recall(Layer& L, const int32_t* chosen, const int32_t* count, int32_t stride,

@@ -225,7 +225,12 @@ class CudaRecallKvContext : public KvContext {
   absl::Status SelectNow(int layer, const void* q, int64_t cluster_budget, std::vector<int32_t>* chosen_out);
   absl::Status Recall(Layer& L, const int32_t* chosen, const int32_t* count, int32_t stride, Placement* placed,
                       cudaStream_t stream, cudaEvent_t wait);
-  absl::Status LaunchSpeculativeSelect(int layer, TensorView q, int64_t cluster_budget);
+  // Speculation for the next step: the attention about to be enqueued stores its query in L's snapshot (ctx's
+  // query_copy); Append then enqueues the selection (EnqueueSpeculativeSelect, after the attention) and posts the
+  // worker's recall job.
+  absl::Status ArmSpeculativeSelect(Layer& L, int64_t cluster_budget, ContextKv* ctx);
+  // L's speculative selection from its query snapshot under L.select_budget, on the select stream after `after`.
+  absl::Status EnqueueSpeculativeSelect(Layer& L, cudaEvent_t after);
   // Enqueues scoring of L's centroids with the one-row query `q` and the greedy pick under `cluster_budget` on
   // `stream`, with select_ws_[slot] as workspace (slot 0: the speculative select stream, 1: synchronous): two
   // launches (cuda::FusedSelect) where they apply, else ScoreBlocks and SelectBlocks. The result (SelLayout) goes to
