@@ -145,26 +145,45 @@ StepStats Decode(Transformer& model, KvContext* kv, std::vector<float>* logits, 
 // One decode step of a recall context with its timeline on: per layer, when the compute stream reached the
 // layer's queries, when the attention could start (its recall landed) and when it was done; when the speculative
 // selection and the recall for the next step ran on their streams. Milliseconds from the step's first Select.
+// With `hold` set, a kernel spinning 30 ms on that (the compute) stream goes first, so the host has enqueued the
+// whole step before the device starts it: the timeline is then the device's alone (a step the host cannot keep fed
+// looks faster held than not).
 void PrintTimeline(const std::string& tag, Transformer& model, CudaRecallKvContext* kv, std::vector<float>* logits,
-                   double step_ms) {
+                   double step_ms, cudaStream_t hold = nullptr) {
   kv->set_timeline(true);
-  Decode(model, kv, logits, 1, 1);
+  Decode(model, kv, logits, 0, 1);  // a step with the timeline on before the one shown
+  if (hold != nullptr) BENCH_CHECK(cuda::LaunchSpin(30000, hold));
+  Decode(model, kv, logits, 0, 1);
   const std::vector<CudaRecallKvContext::LayerTimeline> tl = Check(kv->LastStepTimeline(), "timeline");
   kv->set_timeline(false);
   double waited = 0, last_recall = 0, select_ms = 0, recall_ms = 0;
+  // Per sparse layer: queries -> attend (the selection's snapshot and the wait for the recall), attend -> attended
+  // (the attention), attended -> the next layer's queries (KV append and the GEMVs).
+  double gap_ms = 0, attn_ms = 0, gemv_ms = 0;
+  int n_sparse = 0, n_next = 0;
   std::string lines;
-  for (const auto& t : tl) {
+  for (size_t i = 0; i < tl.size(); ++i) {
+    const auto& t = tl[i];
     if (t.attend >= 0 && t.queries >= 0) waited += t.attend - t.queries;
     if (t.select_end >= 0) select_ms += t.select_end - t.select_begin;
     if (t.recall_end >= 0) recall_ms += t.recall_end - t.recall_begin, last_recall = std::max(last_recall, t.recall_end);
+    if (t.sparse && t.attend >= 0) {
+      gap_ms += t.attend - t.queries;
+      attn_ms += t.attended - t.attend;
+      ++n_sparse;
+      if (i + 1 < tl.size() && tl[i + 1].queries >= 0) gemv_ms += tl[i + 1].queries - t.attended, ++n_next;
+    }
     lines += absl::StrFormat("    L%-2d %s queries %6.3f attend %6.3f attended %6.3f | select %6.3f-%6.3f | recall %6.3f-%6.3f\n",
                              t.layer, t.sparse ? "s" : "d", t.queries, t.attend, t.attended, t.select_begin, t.select_end,
                              t.recall_begin, t.recall_end);
   }
-  Note(absl::StrFormat("%s timeline (ms from the step's first Select; a step is %.3f ms): attention waited for "
+  Note(absl::StrFormat("%s timeline%s (ms from the step's first Select; a step is %.3f ms): attention waited for "
                        "recalls %.3f ms in all; selections %.3f ms and recalls %.3f ms of stream time; the last "
-                       "recall ended at %.3f\n%s",
-                       tag, step_ms, waited, select_ms, recall_ms, last_recall, lines));
+                       "recall ended at %.3f; per sparse layer (us): to attend %.1f, attention %.1f, append + GEMVs "
+                       "%.1f\n%s",
+                       tag, hold != nullptr ? " with the device held until the step was enqueued" : "", step_ms,
+                       waited, select_ms, recall_ms, last_recall, 1e3 * gap_ms / std::max(1, n_sparse),
+                       1e3 * attn_ms / std::max(1, n_sparse), 1e3 * gemv_ms / std::max(1, n_next), lines));
 }
 
 // Appends `tokens` rows of random K/V to every layer, `chunk` at a time, committing each chunk. `settle_every`
@@ -338,7 +357,7 @@ void Run() {
       const ContextKv* ptrs[] = {&c};
       cuda::KvPlan plan = Check(cuda::KvPlan::Create(ptrs, hkv, d, o), "plan");
       auto pdev = Check(cuda::DeviceBuffer::Create(plan.bytes().size()), "plan dev");
-      BENCH_CHECK(cuda::CudaStatus(cudaMemcpy(pdev.data(), plan.bytes().data(), plan.bytes().size(), cudaMemcpyHostToDevice), "up"));
+      BENCH_CHECK(cuda::CopyToDevice(pdev.data(), plan.bytes().data(), plan.bytes().size()));
       auto ws = Check(cuda::DeviceBuffer::Create(cuda::DecodeWorkspaceBytes(plan.num_items(), hq / hkv, d)), "ws");
       BENCH_CHECK(cuda::InitDecodeWorkspace(ws.data(), ws.bytes(), s));
       auto out = Check(cuda::DeviceBuffer::Create(size_t(hq) * d * 2), "out");
@@ -432,6 +451,16 @@ void Run() {
   }
   const size_t free_after_model = DeviceFree();
 
+  {
+    // What a sparse step would cost if selection and recall were free: the dense path over as many tokens as a
+    // budget-2048 step attends per head (2048 + the token), every layer dense, KV already on the device.
+    auto kv = Check(DenseKvCache::Create(config, gpu.get(), DType::kBF16, 2048 + 64), "dense kv 2k");
+    FillRandom(gpu.get(), config, kv.get(), 2048, 2048, 9);
+    logits.clear();
+    const StepStats st = Decode(*model, kv.get(), &logits, 3, 20);
+    Report("decode_dense_2k_step_ms", st.median_ms, "ms", st.median_ms / floor_ms,
+           "weight-read floor (the tokens a budget-2048 step attends, all on the device: the sparse step's floor)");
+  }
   std::vector<std::pair<int64_t, double>> dense_ms, sparse_ms;
   for (int64_t ctx : {int64_t{32768}, int64_t{131072}}) {
     const std::string tag = ctx == 32768 ? "32k" : "128k";
@@ -511,6 +540,7 @@ void Run() {
       Report("decode_sparse_" + tag + "_step_p90_ms", st.p90_ms, "ms", st.p90_ms / floor_ms, "weight-read floor");
       ReportRecall("sparse_" + tag, kv->counters(), steps + 3);
       PrintTimeline("sparse_" + tag, *model, kv.get(), &logits, st.median_ms);
+      PrintTimeline("sparse_" + tag, *model, kv.get(), &logits, st.median_ms, gpu->stream());
       const double dense = dense_ms.back().second;
       Report("speedup_sparse_vs_dense_" + tag, dense / st.median_ms, "x", dense / st.median_ms,
              ctx == 32768 ? "our dense path, goal >= 1.2" : "our dense path, goal >= 1.9");
@@ -580,6 +610,7 @@ void Run() {
         Report("decode_sparse_32k_wholecache_step_ms", b.median_ms, "ms", b.median_ms / floor_ms,
                "weight-read floor (device cache = whole context, greedy tokens)");
         ReportRecall("sparse_32k_wholecache", kv2->counters(), 17);
+        PrintTimeline("sparse_32k_wholecache", *model, kv2.get(), &logits, b.median_ms);
       }
       if (ctx == 131072) {
         const double host_per_token = double(kv->host_bytes_in_use()) / ctx;
