@@ -583,6 +583,19 @@ void Run() {
         ReportRecall(absl::StrFormat("sparse_%s_gather_%dx%d", tag.c_str(), ctas, threads), kv->counters(), 13);
       }
       kv->set_gather(o.gather_ctas, o.gather_threads);
+      // The recall by the Tensor Memory Accelerator (bulk copies: no SM loads) with 2, 4 and 8 CTAs.
+      kv->set_copy(RecallCopy::kBulk);
+      for (int ctas : {2, 4, 8}) {
+        kv->set_gather(ctas, o.gather_threads);
+        kv->ResetCounters();
+        const StepStats g = Decode(*model, kv.get(), &logits, 3, 10);
+        Report(absl::StrFormat("decode_sparse_%s_bulk_%d_step_ms", tag.c_str(), ctas), g.median_ms, "ms",
+               g.median_ms / floor_ms, "weight-read floor (recall by bulk copies of that many CTAs, greedy tokens)");
+        ReportRecall(absl::StrFormat("sparse_%s_bulk_%d", tag.c_str(), ctas), kv->counters(), 13);
+        if (ctas == 4) PrintTimeline("sparse_" + tag + "_bulk_4", *model, kv.get(), &logits, g.median_ms);
+      }
+      kv->set_copy(RecallCopy::kGather);
+      kv->set_gather(o.gather_ctas, o.gather_threads);
       if (ctx == 32768) {
         // The select and recall streams at the default priority (as before RecallOptions::prioritize_recall).
         RecallOptions plain = SparseOptions(ctx + 4096);

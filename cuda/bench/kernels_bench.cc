@@ -657,6 +657,18 @@ void Run() {
         Report(absl::StrFormat("%s_sm_gather_%dx%d_beside_gemv", name, ctas_g, threads_g), total / (ga * 1e-3) / 1e9,
                "GB/s", total / (ga * 1e-3) / 1e9 / h2d, "measured pinned H2D");
       }
+      // The same runs by bulk copies (the Tensor Memory Accelerator, no SM loads), alone and beside the GEMV.
+      for (int ctas_b : {1, 2, 4, 8}) {
+        const double msb = TimeMs(s, [&](int) { BENCH_CHECK(GatherRunsBulk(dr.as<CopyRun>(), nr, ctas_b, s)); }, 3, 5);
+        const double gb = total / (msb * 1e-3) / 1e9;
+        Report(absl::StrFormat("%s_bulk_%d", name, ctas_b), gb, "GB/s", gb / h2d, "measured pinned H2D");
+        double gv = 0, ga = 0;
+        beside([&] { BENCH_CHECK(GatherRunsBulk(dr.as<CopyRun>(), nr, ctas_b, side.get())); }, &gv, &ga);
+        Report(absl::StrFormat("gemv_4096x28672_beside_bulk_%d", ctas_b), gm * gk * 2.0 / (gv * 1e-3) / 1e9, "GB/s",
+               alone_ms / gv, alone_note);
+        Report(absl::StrFormat("%s_bulk_%d_beside_gemv", name, ctas_b), total / (ga * 1e-3) / 1e9, "GB/s",
+               total / (ga * 1e-3) / 1e9 / h2d, "measured pinned H2D");
+      }
       // What the cost is made of: the same GEMV beside the copy engine moving the same bytes in one pinned
       // host-to-device copy (PCIe traffic without SM loads), and beside the 8 x 256 gather reading the same runs from
       // device memory (SM loads without PCIe).

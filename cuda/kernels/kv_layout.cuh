@@ -137,6 +137,100 @@ static __global__ void GatherRunsKernel(const CopyRunDesc* runs, int32_t n) {
   }
 }
 
+// The same copies by the Tensor Memory Accelerator (bulk asynchronous copies, sm_90): one warp per CTA, whose lane 0
+// streams its share of the runs (a contiguous range of the list) through kBulkStages shared-memory buffers in chunks
+// of up to kBulkChunk bytes: cp.async.bulk global -> shared completing on a per-stage mbarrier, then
+// cp.async.bulk shared -> global. The loads of kBulkStages chunks are in flight at once (128 KiB per CTA); the SMs'
+// load/store pipes and registers are not involved. The warp reads the run list 32 descriptors at a time (one per
+// lane) and passes them to lane 0 by shuffles.
+constexpr int kBulkStages = 8;
+constexpr uint32_t kBulkChunk = 16384;
+constexpr size_t kBulkSmemBytes = static_cast<size_t>(kBulkStages) * kBulkChunk;
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#endif
+
+// grid: any (CTA b copies runs [b n / grid, (b + 1) n / grid)); block: 32; dynamic shared memory kBulkSmemBytes.
+static __global__ void __launch_bounds__(32) GatherRunsBulkKernel(const CopyRunDesc* runs, int32_t n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ __align__(8) uint64_t bar[kBulkStages];
+  const int lane = threadIdx.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * n / gridDim.x;
+  const int64_t last = static_cast<int64_t>(blockIdx.x + 1) * n / gridDim.x;
+  if (lane == 0) {
+    for (int s = 0; s < kBulkStages; ++s) {
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(SharedAddress(&bar[s])) : "memory");
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncwarp();
+  // Lane 0's pipeline state: chunks issued (loaded into stage issued % kBulkStages) and chunks stored; per stage the
+  // destination and size of the chunk in it.
+  uint64_t issued = 0, stored = 0;
+  uint8_t* stage_dst[kBulkStages] = {};
+  uint32_t stage_bytes[kBulkStages] = {};
+  // Stores the oldest loaded chunk once its load has landed. Its stage is reused only after the store has read it
+  // (wait_group.read before the next load into it).
+  auto store_oldest = [&]() {
+    const int st = static_cast<int>(stored % kBulkStages);
+    const uint32_t parity = static_cast<uint32_t>((stored / kBulkStages) & 1);
+    const uint32_t b = SharedAddress(&bar[st]);
+    uint32_t done = 0;
+    while (!done) {
+      asm volatile(
+          "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done)
+          : "r"(b), "r"(parity)
+          : "memory");
+    }
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(stage_dst[st]),
+                 "r"(SharedAddress(smem + static_cast<size_t>(st) * kBulkChunk)), "r"(stage_bytes[st])
+                 : "memory");
+    asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    ++stored;
+  };
+  for (int64_t base = first; base < last; base += 32) {
+    CopyRunDesc mine{};
+    if (base + lane < last) mine = runs[base + lane];
+    const int count = static_cast<int>(last - base < 32 ? last - base : 32);
+    for (int k = 0; k < count; ++k) {
+      const uint8_t* src = reinterpret_cast<const uint8_t*>(
+          __shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(mine.src), k));
+      uint8_t* dst = reinterpret_cast<uint8_t*>(__shfl_sync(0xffffffffu, reinterpret_cast<uintptr_t>(mine.dst), k));
+      const uint64_t bytes = __shfl_sync(0xffffffffu, mine.bytes, k);
+      if (lane != 0) continue;
+      for (uint64_t off = 0; off < bytes; off += kBulkChunk) {
+        const uint32_t chunk = static_cast<uint32_t>(bytes - off < kBulkChunk ? bytes - off : kBulkChunk);
+        if (issued - stored == kBulkStages) {
+          store_oldest();
+          // The stage the next load goes to held the chunk just stored: wait until that store has read it.
+          asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+        }
+        const int st = static_cast<int>(issued % kBulkStages);
+        const uint32_t b = SharedAddress(&bar[st]);
+        stage_dst[st] = dst + off;
+        stage_bytes[st] = chunk;
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(chunk) : "memory");
+        asm volatile(
+            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                SharedAddress(smem + static_cast<size_t>(st) * kBulkChunk)),
+            "l"(src + off), "r"(chunk), "r"(b)
+            : "memory");
+        ++issued;
+      }
+    }
+  }
+  if (lane == 0) {
+    while (stored < issued) store_oldest();
+    asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // the stores are complete (and visible) at exit
+  }
+#endif
+}
+
 }  // namespace kernels
 }  // namespace cuda
 }  // namespace livekv

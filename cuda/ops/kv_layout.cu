@@ -126,5 +126,28 @@ absl::Status GatherRuns(const CopyRun* runs, int32_t n, int32_t ctas, int32_t th
   return LaunchStatus("GatherRunsKernel");
 }
 
+absl::Status GatherRunsBulk(const CopyRun* runs, int32_t n, int32_t ctas, cudaStream_t stream) {
+  if (n < 0 || ctas <= 0) return absl::InvalidArgumentError(absl::StrCat("gather_runs_bulk: n ", n, ", ctas ", ctas));
+  if (n == 0) return absl::OkStatus();
+  if (runs == nullptr) return absl::InvalidArgumentError("gather_runs_bulk: null runs");
+  static const int major = [] {
+    int device = 0, value = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&value, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      return 0;
+    }
+    return value;
+  }();
+  if (major < 9) {
+    return absl::FailedPreconditionError("gather_runs_bulk: bulk asynchronous copies need sm_90 or newer");
+  }
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      kernels::GatherRunsBulkKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kernels::kBulkSmemBytes));
+  LIVEKV_RETURN_IF_ERROR(CudaStatus(attr, "cudaFuncSetAttribute(GatherRunsBulkKernel)"));
+  kernels::GatherRunsBulkKernel<<<static_cast<unsigned>(std::min(ctas, n)), 32, kernels::kBulkSmemBytes, stream>>>(
+      reinterpret_cast<const kernels::CopyRunDesc*>(runs), n);
+  return LaunchStatus("GatherRunsBulkKernel");
+}
+
 }  // namespace cuda
 }  // namespace livekv

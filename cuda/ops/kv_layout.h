@@ -55,6 +55,12 @@ struct CopyRun {
 // what the gather costs kernels running beside it: a few CTAs reach the link's rate (kernels_bench).
 absl::Status GatherRuns(const CopyRun* runs, int32_t n, int32_t ctas, int32_t threads, cudaStream_t stream);
 
+// The same copies by the Tensor Memory Accelerator (sm_90): `ctas` CTAs of one warp, each streaming a contiguous
+// share of the runs through 128 KiB of shared memory with bulk asynchronous copies (chunks of 16 KiB, 8 in flight),
+// so the SMs' load pipes are not used. Same requirements as GatherRuns. FAILED_PRECONDITION on a device older than
+// sm_90.
+absl::Status GatherRunsBulk(const CopyRun* runs, int32_t n, int32_t ctas, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace livekv
 

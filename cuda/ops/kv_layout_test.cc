@@ -170,6 +170,52 @@ TEST_F(KvLayoutTest, GatherRunsCopiesPinnedRunsExactly) {
   }
 }
 
+TEST_F(KvLayoutTest, GatherRunsBulkCopiesRunsExactly) {
+  int major = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  if (major < 9) GTEST_SKIP() << "bulk asynchronous copies need sm_90";
+  std::mt19937 rng(58);
+  // Sources in mapped pinned host memory (the recall path) and in device memory; runs of 16 B to 48 KiB (one to
+  // three 16 KiB chunks, partial last chunks), the run list in mapped pinned memory.
+  const size_t src_bytes = size_t{4} << 20;
+  auto host = PinnedHostBuffer::Create(src_bytes, /*mapped=*/true);
+  ASSERT_TRUE(host.ok()) << host.status();
+  std::vector<uint8_t> src = RandomBytes(src_bytes, &rng);
+  std::memcpy(host->data(), src.data(), src_bytes);
+  auto dev_src = DeviceArray<uint8_t>::FromHost(src);
+  for (bool from_host : {true, false}) {
+    const uint8_t* base = from_host ? host->as<uint8_t>() : dev_src.get();
+    for (int32_t n : {1, 7, 97, 600}) {
+      for (int32_t ctas : {1, 3, 8, 1000}) {
+        DeviceArray<uint8_t> dst(src_bytes);
+        dst.Poison();
+        auto list = PinnedHostBuffer::Create(n * sizeof(CopyRun), true);
+        ASSERT_TRUE(list.ok());
+        CopyRun* runs = list->as<CopyRun>();
+        std::vector<uint8_t> want(src_bytes, 0xFF);
+        size_t off = 0;
+        int32_t count = 0;
+        for (int32_t i = 0; i < n; ++i, ++count) {
+          const size_t bytes = rng() % 4 == 0 ? 16 * (1 + rng() % 3072) : 16 * (1 + rng() % 64);
+          if (off + bytes > src_bytes) break;
+          const size_t from = 16 * (rng() % ((src_bytes - bytes) / 16));
+          runs[i] = CopyRun{base + from, dst.get() + off, bytes};
+          std::memcpy(want.data() + off, src.data() + from, bytes);
+          off += bytes + 16 * (rng() % 3);  // gaps stay poisoned
+        }
+        ASSERT_TRUE(GatherRunsBulk(runs, count, ctas, stream()).ok());
+        Sync();
+        EXPECT_EQ(dst.ToHost(), want) << count << " runs from " << (from_host ? "pinned host" : "device")
+                                      << " memory, " << ctas << " CTAs";
+      }
+    }
+  }
+  EXPECT_EQ(GatherRunsBulk(nullptr, 1, 1, stream()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GatherRunsBulk(nullptr, -1, 1, stream()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(GatherRunsBulk(nullptr, 1, 0, stream()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(GatherRunsBulk(nullptr, 0, 1, stream()).ok());
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace livekv

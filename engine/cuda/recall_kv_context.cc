@@ -895,7 +895,8 @@ absl::Status CudaRecallKvContext::Recall(Layer& L, const int32_t* chosen, const 
     const size_t n = L.runs.size();
     st.copies += static_cast<int64_t>(n);
     switch (copy_) {
-      case RecallCopy::kGather: {
+      case RecallCopy::kGather:
+      case RecallCopy::kBulk: {
         const int b = L.desc_buf;
         L.desc_buf ^= 1;
         LIVEKV_RETURN_IF_ERROR(L.gather_done[b].Synchronize());  // the gather that last read this list is done
@@ -905,8 +906,13 @@ absl::Status CudaRecallKvContext::Recall(Layer& L, const int32_t* chosen, const 
                                                                            sizeof(cuda::CopyRun), /*mapped=*/true));
         }
         std::memcpy(L.desc[b].data(), L.runs.data(), n * sizeof(cuda::CopyRun));
-        LIVEKV_RETURN_IF_ERROR(cuda::GatherRuns(L.desc[b].as<cuda::CopyRun>(), static_cast<int32_t>(n),
-                                                gather_ctas_, gather_threads_, stream));
+        if (copy_ == RecallCopy::kBulk) {
+          LIVEKV_RETURN_IF_ERROR(
+              cuda::GatherRunsBulk(L.desc[b].as<cuda::CopyRun>(), static_cast<int32_t>(n), gather_ctas_, stream));
+        } else {
+          LIVEKV_RETURN_IF_ERROR(cuda::GatherRuns(L.desc[b].as<cuda::CopyRun>(), static_cast<int32_t>(n),
+                                                  gather_ctas_, gather_threads_, stream));
+        }
         LIVEKV_RETURN_IF_ERROR(L.gather_done[b].Record(stream));
         break;
       }

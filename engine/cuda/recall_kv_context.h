@@ -71,6 +71,7 @@ namespace livekv {
 // How missed cluster pages reach the device cache.
 enum class RecallCopy {
   kGather,  // one SM gather kernel per layer and step reading the pinned pages (zero-copy; cuda/ops/kv_layout.h)
+  kBulk,    // the same run list copied by the Tensor Memory Accelerator (GatherRunsBulk, gather_ctas CTAs; sm_90)
   kBatch,   // copy engine: one cudaMemcpyBatchAsync per layer and step
   kPerRun,  // copy engine: one cudaMemcpyAsync per (merged) run
 };

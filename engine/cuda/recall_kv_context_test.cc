@@ -178,7 +178,11 @@ TEST_F(RecallTest, SmallBudgetRecallsExactlyWhatTheSelectionNames) {
 
 TEST_F(RecallTest, SpeculativeSelectionOfStepTIsWhatStepTPlusOneAttends) {
   auto model = Model();
-  for (RecallCopy copy : {RecallCopy::kGather, RecallCopy::kBatch, RecallCopy::kPerRun}) {
+  int major = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+  std::vector<RecallCopy> copies = {RecallCopy::kGather, RecallCopy::kBatch, RecallCopy::kPerRun};
+  if (major >= 9) copies.push_back(RecallCopy::kBulk);
+  for (RecallCopy copy : copies) {
     RecallOptions o;
     o.policy = SmallPolicy(/*budget=*/256);
     o.max_tokens = 0;  // pinned arenas on demand
@@ -221,7 +225,7 @@ TEST_F(RecallTest, SpeculativeSelectionOfStepTIsWhatStepTPlusOneAttends) {
     EXPECT_GT(c.clusters_hit, 0);
     std::printf("RECALL speculative (%s): %lld selections (%lld sync), %lld attended, %lld hits, %lld recalled, "
                 "%lld copies, %.1f KiB\n",
-                copy == RecallCopy::kGather ? "gather" : copy == RecallCopy::kBatch ? "batch" : "per-run", (long long)c.sparse_selections,
+                copy == RecallCopy::kGather ? "gather" : copy == RecallCopy::kBatch ? "batch" : copy == RecallCopy::kBulk ? "bulk" : "per-run", (long long)c.sparse_selections,
                 (long long)c.sync_selections, (long long)c.clusters_selected, (long long)c.clusters_hit,
                 (long long)c.clusters_recalled, (long long)c.copies, c.bytes_recalled / 1024.0);
   }
