@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <numeric>
 #include <random>
 #include <string>
@@ -27,6 +28,25 @@ std::vector<uint8_t> RandomBytes(size_t n, std::mt19937* rng) {
   std::vector<uint8_t> v(n);
   for (auto& b : v) b = static_cast<uint8_t>((*rng)() & 0x7f);  // never 0xFF, the poison
   return v;
+}
+
+// Fills runs[0, count) with runs of size_of() bytes (multiples of 16) from random 16-byte-aligned places of `src`
+// (whose copy the device reads at `base`) into `dst`, back to back with gaps of 0-32 bytes, and `want` (0xFF
+// outside the runs) with what dst must hold after them. Returns count: at most n, fewer when dst is full.
+int32_t RandomRuns(std::mt19937* rng, const std::function<size_t()>& size_of, const uint8_t* base,
+                   const std::vector<uint8_t>& src, uint8_t* dst, int32_t n, CopyRun* runs, std::vector<uint8_t>* want) {
+  want->assign(src.size(), 0xFF);
+  size_t off = 0;
+  int32_t count = 0;
+  for (; count < n; ++count) {
+    const size_t bytes = size_of();
+    if (off + bytes > src.size()) break;
+    const size_t from = 16 * ((*rng)() % ((src.size() - bytes) / 16));
+    runs[count] = CopyRun{base + from, dst + off, bytes};
+    std::memcpy(want->data() + off, src.data() + from, bytes);
+    off += bytes + 16 * ((*rng)() % 3);  // gaps stay poisoned
+  }
+  return count;
 }
 
 TEST_F(KvLayoutTest, GatherAndScatterRowsExactly) {
@@ -147,18 +167,11 @@ TEST_F(KvLayoutTest, GatherRunsCopiesPinnedRunsExactly) {
       DeviceArray<uint8_t> dst(src_bytes);
       auto list = PinnedHostBuffer::Create(n * sizeof(CopyRun), true);
       ASSERT_TRUE(list.ok());
-      CopyRun* runs = list->as<CopyRun>();
-      std::vector<uint8_t> want(src_bytes, 0xFF);
-      size_t off = 0;
-      int32_t count = 0;
-      for (int32_t i = 0; i < n; ++i, ++count) {
-        const size_t bytes = 16 * (1 + rng() % 200);  // 16 B .. 3.2 KiB: partial warps and the unrolled loop
-        if (off + bytes > src_bytes) break;
-        const size_t from = 16 * (rng() % ((src_bytes - bytes) / 16));
-        runs[i] = CopyRun{host->as<uint8_t>() + from, dst.get() + off, bytes};
-        std::memcpy(want.data() + off, src.data() + from, bytes);
-        off += bytes + 16 * (rng() % 3);  // gaps stay poisoned
-      }
+      std::vector<uint8_t> want;
+      // 16 B .. 3.2 KiB: partial warps and the unrolled loop.
+      const int32_t count = RandomRuns(&rng, [&] { return size_t{16} * (1 + rng() % 200); }, host->as<uint8_t>(), src,
+                                       dst.get(), n, list->as<CopyRun>(), &want);
+      const CopyRun* runs = list->as<CopyRun>();
       ASSERT_TRUE(GatherRuns(runs, count, ctas, threads, stream()).ok());
       Sync();
       EXPECT_EQ(dst.ToHost(), want) << n << " runs, " << ctas << " CTAs of " << threads << " threads";
@@ -191,18 +204,11 @@ TEST_F(KvLayoutTest, GatherRunsBulkCopiesRunsExactly) {
         dst.Poison();
         auto list = PinnedHostBuffer::Create(n * sizeof(CopyRun), true);
         ASSERT_TRUE(list.ok());
-        CopyRun* runs = list->as<CopyRun>();
-        std::vector<uint8_t> want(src_bytes, 0xFF);
-        size_t off = 0;
-        int32_t count = 0;
-        for (int32_t i = 0; i < n; ++i, ++count) {
-          const size_t bytes = rng() % 4 == 0 ? 16 * (1 + rng() % 3072) : 16 * (1 + rng() % 64);
-          if (off + bytes > src_bytes) break;
-          const size_t from = 16 * (rng() % ((src_bytes - bytes) / 16));
-          runs[i] = CopyRun{base + from, dst.get() + off, bytes};
-          std::memcpy(want.data() + off, src.data() + from, bytes);
-          off += bytes + 16 * (rng() % 3);  // gaps stay poisoned
-        }
+        std::vector<uint8_t> want;
+        const int32_t count = RandomRuns(
+            &rng, [&] { return rng() % 4 == 0 ? size_t{16} * (1 + rng() % 3072) : size_t{16} * (1 + rng() % 64); },
+            base, src, dst.get(), n, list->as<CopyRun>(), &want);
+        const CopyRun* runs = list->as<CopyRun>();
         ASSERT_TRUE(GatherRunsBulk(runs, count, ctas, stream()).ok());
         Sync();
         EXPECT_EQ(dst.ToHost(), want) << count << " runs from " << (from_host ? "pinned host" : "device")
