@@ -18,17 +18,19 @@
 // rule, run on the GPU by cuda/ops/selection.h). Picked clusters are looked up in a per-layer device cache of
 // pages (O(1) arrays: cluster -> cached pages, LRU list over clusters, free list of pages): hits are used in place,
 // misses are copied from the pinned pages into free cache pages (options.copy: an SM gather kernel reading the
-// pinned pages directly — the default, it reaches the PCIe rate at page-sized runs — or the copy engine through
-// cudaMemcpyBatchAsync / cudaMemcpyAsync, adjacent runs merged), and attention reads the cache pages.
+// pinned pages directly — the default, it reaches the PCIe rate at page-sized runs — bulk copies by the Tensor
+// Memory Accelerator, or the copy engine through cudaMemcpyBatchAsync / cudaMemcpyAsync, adjacent runs merged), and
+// attention reads the cache pages.
 //
-// Speculation (FreeKV, options.speculative): at step t, right after layer ℓ's queries exist, the selection for
-// step t+1 is computed from q_t on a select stream (it waits on an event recorded after q_t), its result copied to
-// pinned memory; a worker thread then looks the clusters up, and issues the recall of the misses on one of two
-// recall streams (layers alternate), after an event recorded when layer ℓ's attention at step t was enqueued —
-// recall never overwrites cache pages an in-flight attention reads. Attention of layer ℓ at step t+1 waits on
-// that recall's event (not on the host). So the attention at step t+1 uses the clusters selected with q_t: pure
-// speculation, no correction (FreeKV's per-head correction belongs to the decode service, later). The first
-// decode step after a clustering (and every step without speculation) selects synchronously with its own query.
+// Speculation (FreeKV, options.speculative): at step t, layer ℓ's attention also stores its query q_t in a
+// per-layer snapshot (ContextKv::query_copy), and the selection for step t+1 is computed from it on a select stream
+// after that attention (an event recorded at Append), its result written into mapped pinned memory; a worker thread
+// then looks the clusters up, and issues the recall of the misses on one of two recall streams (layers alternate),
+// after the same event — recall never overwrites cache pages an in-flight attention reads. Attention of layer ℓ
+// at step t+1 waits on that recall's event (not on the host), which also orders it after the selection that read
+// the snapshot it overwrites. So the attention at step t+1 uses the clusters selected with q_t: pure speculation,
+// no correction (FreeKV's per-head correction belongs to the decode service, later). The first decode step after a
+// clustering (and every step without speculation) selects synchronously with its own query.
 //
 // Clustering (ClusterKV): at a settle point (FinishAppend, a decode step's start, or — announced with
 // ExpectInputEnd — the end of the chunk that completes the input), the tokens older than the recent window are
