@@ -80,6 +80,15 @@ void Report(const std::string& name, double value, const std::string& unit, doub
   std::fflush(stdout);
 }
 
+const char* PlansName(DecodePlans plans) {
+  switch (plans) {
+    case DecodePlans::kInStream: return "instream";
+    case DecodePlans::kZeroCopy: return "zerocopy";
+    case DecodePlans::kAside: return "aside";
+  }
+  return "?";
+}
+
 void Note(const std::string& s) {
   std::printf("[%6.1fs] %s\n", Elapsed(), s.c_str());
   std::fflush(stdout);
@@ -435,17 +444,22 @@ void Run() {
   std::vector<float> logits;
   {
     auto kv = Check(DenseKvCache::Create(config, gpu.get(), DType::kBF16, 64), "kv");
-    // Decode-step fusion, programmatic launch and zero-copy plans all off; fusion only; fusion and programmatic
-    // launch; then all three (the default, used below).
-    for (int mode = 0; mode < 4; ++mode) {
+    // Decode-step fusion, programmatic launch and the plans' placement: all off (plans copied in the stream);
+    // fusion only; fusion and programmatic launch; the same with plans copied aside; then the default (used below).
+    const DecodePlans default_plans = gpu->decode_plans();
+    for (int mode = 0; mode < 5; ++mode) {
       gpu->set_fuse_decode_ops(mode >= 1);
       gpu->set_programmatic_launch(mode >= 2);
-      gpu->set_zero_copy_plans(mode >= 3);
+      gpu->set_decode_plans(mode == 4 ? default_plans : mode == 3 ? DecodePlans::kAside : DecodePlans::kInStream);
       logits.clear();
       const StepStats st = Decode(*model, kv.get(), &logits, 3, 20);
-      const char* tag = mode == 0 ? "_unfused_nopdl" : mode == 1 ? "_fused_nopdl" : mode == 2 ? "_fused_pdl_copyplans" : "";
+      const char* tag = mode == 0   ? "_unfused_nopdl"
+                        : mode == 1 ? "_fused_nopdl"
+                        : mode == 2 ? "_fused_pdl_copyplans"
+                        : mode == 3 ? "_fused_pdl_asideplans"
+                                    : "";
       Report(std::string("decode_ctx0_step_ms") + tag, st.median_ms, "ms", st.median_ms / floor_ms,
-             mode == 3 ? "weight-read floor (no KV to read; fused GEMVs, programmatic launch, zero-copy plans)"
+             mode == 4 ? "weight-read floor (no KV to read; fused GEMVs, programmatic launch, default plans)"
                        : "weight-read floor (no KV to read)");
     }
   }
@@ -583,6 +597,21 @@ void Run() {
         ReportRecall(absl::StrFormat("sparse_%s_gather_%dx%d", tag.c_str(), ctas, threads), kv->counters(), 13);
       }
       kv->set_gather(o.gather_ctas, o.gather_threads);
+      // The attention plans' placement (CudaBackendOptions::decode_plans): the kernel reads them over a PCIe link
+      // the recall keeps busy (zero-copy), or from device memory, copied in the stream or aside.
+      {
+        const DecodePlans default_plans = gpu->decode_plans();
+        for (DecodePlans plans : {DecodePlans::kZeroCopy, DecodePlans::kInStream, DecodePlans::kAside}) {
+          gpu->set_decode_plans(plans);
+          kv->ResetCounters();
+          const StepStats g = Decode(*model, kv.get(), &logits, 3, 10);
+          const std::string name = PlansName(plans);
+          Report(absl::StrFormat("decode_sparse_%s_plans_%s_step_ms", tag.c_str(), name), g.median_ms, "ms",
+                 g.median_ms / floor_ms, absl::StrFormat("weight-read floor (attention plans %s, greedy tokens)", name));
+          if (ctx == 32768) PrintTimeline("sparse_" + tag + "_plans_" + name, *model, kv.get(), &logits, g.median_ms);
+        }
+        gpu->set_decode_plans(default_plans);
+      }
       // The recall by the Tensor Memory Accelerator (bulk copies: no SM loads) with 2, 4 and 8 CTAs.
       kv->set_copy(RecallCopy::kBulk);
       for (int ctas : {2, 4, 8}) {
@@ -624,6 +653,15 @@ void Run() {
                "weight-read floor (device cache = whole context, greedy tokens)");
         ReportRecall("sparse_32k_wholecache", kv2->counters(), 17);
         PrintTimeline("sparse_32k_wholecache", *model, kv2.get(), &logits, b.median_ms);
+        const DecodePlans default_plans = gpu->decode_plans();
+        for (DecodePlans plans : {DecodePlans::kZeroCopy, DecodePlans::kAside}) {
+          gpu->set_decode_plans(plans);
+          const StepStats w = Decode(*model, kv2.get(), &logits, 2, 10);
+          const std::string name = PlansName(plans);
+          Report("decode_sparse_32k_wholecache_plans_" + name + "_step_ms", w.median_ms, "ms", w.median_ms / floor_ms,
+                 absl::StrFormat("weight-read floor (device cache = whole context, attention plans %s)", name));
+        }
+        gpu->set_decode_plans(default_plans);
       }
       if (ctx == 131072) {
         const double host_per_token = double(kv->host_bytes_in_use()) / ctx;

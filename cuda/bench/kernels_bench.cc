@@ -126,12 +126,17 @@ PagePool MakePool(int64_t pages, cudaStream_t s, uint64_t seed) {
 struct UploadedPlan {
   KvPlan plan;
   DeviceBuffer dev;
+  PinnedHostBuffer host;  // mapped: the plan read zero-copy, as the engine's UploadRing::Stage hands it over
+  const void* address(bool zero_copy) const { return zero_copy ? host.data() : dev.data(); }
 };
 
 UploadedPlan Upload(KvPlan plan) {
   const size_t bytes = std::max<size_t>(16, plan.bytes().size());
-  UploadedPlan u{std::move(plan), Alloc(bytes)};
+  auto host = PinnedHostBuffer::Create(bytes, /*mapped=*/true);
+  BENCH_CHECK(host.status());
+  UploadedPlan u{std::move(plan), Alloc(bytes), std::move(*host)};
   BENCH_CHECK(CopyToDevice(u.dev.data(), u.plan.bytes().data(), u.plan.bytes().size()));
+  std::memcpy(u.host.data(), u.plan.bytes().data(), u.plan.bytes().size());
   return u;
 }
 
@@ -210,7 +215,7 @@ void Run() {
               DecodeCtasPerSm(d, hq / hkv, 2), DecodeCtasPerSm(d, hq / hkv, 4),
               DecodeCtasPerSm(d, hq / hkv, 0, DecodeKernel::kPipelined), DecodeCtasPerSm(d, hq / hkv, 2, DecodeKernel::kPipelined));
   auto decode_case = [&](const std::string& name, std::vector<UploadedPlan>& plans, int seqs, int64_t tokens_per_head,
-                         DecodeKernel kernel, bool floor_ratio, int stages = 0) {
+                         DecodeKernel kernel, bool floor_ratio, int stages = 0, bool zero_copy_plans = false) {
     DeviceBuffer q = Alloc(size_t(seqs) * hq * d * 2), out = Alloc(size_t(seqs) * hq * d * 2);
     BENCH_CHECK(FillUniformBf16(q.as<bf16>(), int64_t(seqs) * hq * d, 6, 1.0f, s));
     size_t ws_bytes = 16;
@@ -229,7 +234,7 @@ void Run() {
     a.pipeline_stages = stages;
     const double ms = TimeMs(s, [&](int i) {
       UploadedPlan& p = plans[i % plans.size()];
-      BENCH_CHECK(DecodeAttention(a, p.plan, p.dev.data(), ws.data(), ws.bytes(), s));
+      BENCH_CHECK(DecodeAttention(a, p.plan, p.address(zero_copy_plans), ws.data(), ws.bytes(), s));
     }, 50, 7);
     const double bytes = double(seqs) * tokens_per_head * hkv * d * 2 * 2;
     const double gbs = bytes / (ms * 1e-3) / 1e9;
@@ -320,9 +325,10 @@ void Run() {
     {
       PagePool pool = MakePool(8 * hkv * 1024, s, 7);
       // Variant 5: the tensor-core kernel launched back to back with programmatic dependent launch (as in the engine's
-      // decode step, where it follows the RoPE kernel).
-      for (int variant = 0; variant < 6; ++variant) {
-        ScopedPdl pdl(variant == 5);
+      // decode step, where it follows the RoPE kernel); 6: the same reading its plan zero-copy from mapped pinned
+      // memory (the engine's default placement, CudaBackendOptions::decode_plans).
+      for (int variant = 0; variant < 7; ++variant) {
+        ScopedPdl pdl(variant >= 5);
         const int min_tokens = variant == 1 ? 128 : variant == 2 ? 256 : 64;
         const DecodeKernel kernel = variant == 3 ? DecodeKernel::kPipelined : variant == 4 ? DecodeKernel::kLegacy : DecodeKernel::kMma;
         std::mt19937 rng(9);
@@ -339,9 +345,13 @@ void Run() {
           }
           plans.push_back(plan_for({&ctxs[sel]}, std::max(1, DecodeCtasPerSm(d, hq / hkv, 0, kernel)), min_tokens));
         }
-        const char* tag = variant == 3 ? "_pipelined" : variant == 4 ? "_legacy" : variant == 5 ? "_pdl" : "";
+        const char* tag = variant == 3   ? "_pipelined"
+                          : variant == 4 ? "_legacy"
+                          : variant == 5 ? "_pdl"
+                          : variant == 6 ? "_pdl_zerocopy"
+                                         : "";
         decode_case(absl::StrFormat("decode_sparse2048_b1%s%s", tag, min_tokens == 64 ? "" : absl::StrFormat("_min%d", min_tokens)),
-                    plans, 1, 2048, kernel, true);
+                    plans, 1, 2048, kernel, true, 0, /*zero_copy_plans=*/variant == 6);
       }
       // The floor of one launch: an empty kernel, back to back, on this stream.
       const double empty_ms = TimeMs(s, [&](int) { BENCH_CHECK(LaunchEmpty(s)); }, 50, 7);

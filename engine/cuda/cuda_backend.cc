@@ -459,10 +459,21 @@ absl::Status CudaBackend::Attention(const AttentionArgs& args) {
                             cuda::KvPlan::Create(ctxs, hkv, d, decode_plan_options(d, hq / hkv),
                                                  window ? absl::MakeConstSpan(qpos) : absl::Span<const int64_t>()));
     const void* plan_dev = nullptr;
-    if (options_.zero_copy_plans) {
-      LIVEKV_ASSIGN_OR_RETURN(plan_dev, ring_->Stage(plan.bytes().data(), plan.bytes().size(), stream_.get()));
-    } else {
-      LIVEKV_ASSIGN_OR_RETURN(plan_dev, ring_->Upload(plan.bytes().data(), plan.bytes().size(), stream_.get()));
+    const void* bytes = plan.bytes().data();
+    const size_t size = plan.bytes().size();
+    switch (options_.decode_plans) {
+      case DecodePlans::kInStream: {
+        LIVEKV_ASSIGN_OR_RETURN(plan_dev, ring_->Upload(bytes, size, stream_.get()));
+        break;
+      }
+      case DecodePlans::kZeroCopy: {
+        LIVEKV_ASSIGN_OR_RETURN(plan_dev, ring_->Stage(bytes, size, stream_.get()));
+        break;
+      }
+      case DecodePlans::kAside: {
+        LIVEKV_ASSIGN_OR_RETURN(plan_dev, ring_->UploadAside(bytes, size, stream_.get()));
+        break;
+      }
     }
     LIVEKV_RETURN_IF_ERROR(EnsureDecodeWorkspace(cuda::DecodeWorkspaceBytes(plan.num_items(), hq / hkv, d)));
     cuda::DecodeAttentionArgs a;

@@ -52,6 +52,14 @@
 
 namespace livekv {
 
+// How a decode attention's plan (cuda/ops/attention_plan.h) reaches the kernel.
+enum class DecodePlans {
+  kInStream,  // copied to device memory in the compute stream, just before the kernel (UploadRing::Upload)
+  kZeroCopy,  // read by the kernel from mapped pinned memory (UploadRing::Stage): no copy between two kernels
+  kAside,     // copied on the ring's own stream when the host enqueues the attention; the compute stream waits for
+              // it by an event (UploadRing::UploadAside)
+};
+
 struct CudaBackendOptions {
   int device = 0;
   size_t blas_workspace_bytes = size_t{32} << 20;
@@ -67,9 +75,11 @@ struct CudaBackendOptions {
   bool fuse_decode_ops = true;
   // Programmatic dependent launch of this backend's kernels (Hopper); benchmarks switch it off.
   bool programmatic_launch = true;
-  // Decode attention reads its per-call plan from pinned host memory (UploadRing::Stage) instead of a copy in the
-  // stream, so nothing but kernels lies between the RoPE and attention launches; benchmarks switch it off.
-  bool zero_copy_plans = true;
+  // Where decode attention reads its per-call plan (engine/cuda/upload_ring.h); benchmarks compare them. Aside:
+  // the host enqueues a decode step ahead of the device, so the copy has landed before the compute stream reaches
+  // it, and the kernel reads device memory instead of a PCIe link the recall keeps busy (H100, docs/gpu.md: the
+  // sparse 32k / 128k steps 0.05-0.1 ms shorter than zero-copy, 0.2-0.35 ms shorter than copies in the stream).
+  DecodePlans decode_plans = DecodePlans::kAside;
 };
 
 class CudaBackend : public Backend {
@@ -114,7 +124,8 @@ class CudaBackend : public Backend {
   // Switch decode-step fusion and programmatic launch from the next call on (benchmarks).
   void set_fuse_decode_ops(bool on);
   void set_programmatic_launch(bool on) { options_.programmatic_launch = on; }
-  void set_zero_copy_plans(bool on) { options_.zero_copy_plans = on; }
+  void set_decode_plans(DecodePlans plans) { options_.decode_plans = plans; }
+  DecodePlans decode_plans() const { return options_.decode_plans; }
   // GEMV launches that carried a fused prologue or residual (tests and benchmarks).
   int64_t fused_gemv_calls() const { return fused_gemv_calls_; }
 

@@ -238,6 +238,41 @@ TEST_F(CudaBackendTest, FusedDecodeMatchesUnfused) {
   EXPECT_LE(worst, kTolerance / 4);
 }
 
+// The attention plan read zero-copy, copied in the stream or copied aside: the same kernels read the same bytes,
+// so 8 decode steps give bit-identical logits. The aside copy is ordered only by its event: a missing wait shows as
+// a plan read before it landed (garbage runs, different logits or a fault).
+TEST_F(CudaBackendTest, DecodePlanPlacementsGiveIdenticalLogits) {
+  const std::string dir = "engine/testdata/hf/llama_gqa2_d64_llama3";
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto files = SafetensorsSet::OpenDir(dir);
+  ASSERT_TRUE(files.ok()) << files.status();
+  auto weights = LoadWeights(*config, **files, gpu_.get());
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  auto model = Transformer::Create(*config, std::move(*weights), gpu_.get(), TransformerOptions{.max_chunk = 16}).value();
+  const std::vector<int32_t> prompt = {1, 17, 230, 5, 99, 41, 7, 200, 12, 64, 3};
+  const int32_t steps[] = {3, 250, 18, 77, 2, 140, 9, 33};
+  const DecodePlans placements[] = {DecodePlans::kZeroCopy, DecodePlans::kInStream, DecodePlans::kAside};
+  std::vector<std::vector<float>> runs[3];
+  for (int p = 0; p < 3; ++p) {
+    gpu_->set_decode_plans(placements[p]);
+    auto kv = DenseKvCache::Create(*config, gpu_.get(), DType::kBF16, 4).value();
+    std::vector<float> logits;
+    ASSERT_TRUE(model->Forward(prompt, kv.get(), false, &logits).ok());
+    for (int32_t t : steps) {
+      const int32_t ids[] = {t};
+      logits.clear();
+      ASSERT_TRUE(model->Forward(ids, kv.get(), false, &logits).ok());
+      runs[p].push_back(logits);
+    }
+  }
+  gpu_->set_decode_plans(CudaBackendOptions().decode_plans);
+  for (int p = 1; p < 3; ++p) {
+    ASSERT_EQ(runs[p].size(), runs[0].size());
+    for (size_t i = 0; i < runs[0].size(); ++i) EXPECT_EQ(runs[p][i], runs[0][i]) << "placement " << p << ", step " << i;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, HfParityOnGpu,
                          ::testing::Values("llama_gqa1_d32", "llama_gqa2_d64_llama3", "llama_gqa3_odd_tied",
                                            "llama_bias_d32", "qwen2_gqa2_tied", "qwen2_gqa4_d64_untied",

@@ -18,6 +18,8 @@ absl::StatusOr<std::unique_ptr<UploadRing>> UploadRing::Create(size_t bytes, int
   LIVEKV_ASSIGN_OR_RETURN(void* host_dev, r->host_.device_pointer());  // Stage's addresses (= host's under UVA)
   r->host_device_ = static_cast<uint8_t*>(host_dev);
   LIVEKV_ASSIGN_OR_RETURN(r->device_, cuda::DeviceBuffer::Create(r->chunk_bytes_ * chunks));
+  LIVEKV_ASSIGN_OR_RETURN(r->aside_, cuda::Stream::Create());
+  LIVEKV_ASSIGN_OR_RETURN(r->aside_done_, cuda::Event::Create());
   for (int i = 0; i < chunks; ++i) {
     LIVEKV_ASSIGN_OR_RETURN(cuda::Event e, cuda::Event::Create());
     r->chunk_done_.push_back(std::move(e));
@@ -26,15 +28,19 @@ absl::StatusOr<std::unique_ptr<UploadRing>> UploadRing::Create(size_t bytes, int
 }
 
 absl::StatusOr<void*> UploadRing::Upload(const void* src, size_t bytes, cudaStream_t stream) {
-  return Put(src, bytes, stream, /*copy=*/true);
+  return Put(src, bytes, stream, Mode::kInStream);
 }
 
 absl::StatusOr<const void*> UploadRing::Stage(const void* src, size_t bytes, cudaStream_t stream) {
-  LIVEKV_ASSIGN_OR_RETURN(void* p, Put(src, bytes, stream, /*copy=*/false));
+  LIVEKV_ASSIGN_OR_RETURN(void* p, Put(src, bytes, stream, Mode::kZeroCopy));
   return static_cast<const void*>(p);
 }
 
-absl::StatusOr<void*> UploadRing::Put(const void* src, size_t bytes, cudaStream_t stream, bool copy) {
+absl::StatusOr<void*> UploadRing::UploadAside(const void* src, size_t bytes, cudaStream_t stream) {
+  return Put(src, bytes, stream, Mode::kAside);
+}
+
+absl::StatusOr<void*> UploadRing::Put(const void* src, size_t bytes, cudaStream_t stream, Mode mode) {
   const size_t n = (bytes + 255) / 256 * 256;
   if (n > chunk_bytes_) {
     ++oversized_;
@@ -50,8 +56,9 @@ absl::StatusOr<void*> UploadRing::Put(const void* src, size_t bytes, cudaStream_
     return big_.data();
   }
   if (offset_ + n > chunk_bytes_) {
-    // Leave this chunk: its copies (and the kernels reading its pinned bytes) complete when this event does. Enter
-    // the next one once its previous users (recorded when the ring last left it) have completed.
+    // Leave this chunk: its copies (and the kernels reading its pinned bytes) complete when this event does (the
+    // aside copies too: `stream` waited for each of them). Enter the next one once its previous users (recorded
+    // when the ring last left it) have completed.
     LIVEKV_RETURN_IF_ERROR(chunk_done_[chunk_].Record(stream));
     chunk_ = (chunk_ + 1) % static_cast<int>(chunk_done_.size());
     offset_ = 0;
@@ -62,9 +69,19 @@ absl::StatusOr<void*> UploadRing::Put(const void* src, size_t bytes, cudaStream_
   uint8_t* d = device_.as<uint8_t>() + at;
   std::memcpy(h, src, bytes);
   offset_ += n;
-  if (!copy) return static_cast<void*>(host_device_ + at);
-  LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream));
-  return static_cast<void*>(d);
+  switch (mode) {
+    case Mode::kZeroCopy:
+      return static_cast<void*>(host_device_ + at);
+    case Mode::kInStream:
+      LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream));
+      return static_cast<void*>(d);
+    case Mode::kAside:
+      LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, aside_.get()));
+      LIVEKV_RETURN_IF_ERROR(aside_done_.Record(aside_.get()));
+      LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(stream, aside_done_.get(), 0));
+      return static_cast<void*>(d);
+  }
+  return absl::InternalError("upload ring: unknown mode");
 }
 
 }  // namespace livekv
