@@ -250,7 +250,64 @@ constexpr size_t PipeDynamicSharedBytes() {
   return static_cast<size_t>(PipeShape<kD, kStages>::kStages) * PipeShape<kD, kStages>::kTileBytes;
 }
 
-constexpr int kMergeMaxItems = 256;  // items of one slot whose merge weights fit in the tile memory at once
+// The slot's merge, by the last CTA of a split slot: thread t owns float4 groups of (query head, 4 output columns)
+// and folds the slot's items into an online-softmax state, loading the partial (m, l) and o of kMergeBatch items at
+// once, so the merge is ceil(items / kMergeBatch) dependent rounds of L2 loads (33 items: 3 rounds;
+// the batch barely matters, 11 to 33 within 1 % on an H100, docs/gpu.md).
+constexpr int kMergeBatch = 11;
+template <int kD, int kG, int kThreads>
+__device__ __forceinline__ void MergeSlotPartials(const DecodeParams& p, int i0, int n_items, int h0, int heads,
+                                                  int64_t out_base) {
+  constexpr int kGroups = (kG * kD / 4 + kThreads - 1) / kThreads;  // float4 groups per thread
+  const int64_t step = static_cast<int64_t>(p.group) * kD / 4;       // float4s from one item to the next
+#pragma unroll
+  for (int i = 0; i < kGroups; ++i) {
+    const int grp = static_cast<int>(threadIdx.x) + i * kThreads;
+    if (grp >= heads * kD / 4) break;
+    const int h = grp / (kD / 4), d4 = grp % (kD / 4);
+    const float4* po = reinterpret_cast<const float4*>(p.partial_o) +
+                       (static_cast<int64_t>(i0) * p.group + h0 + h) * (kD / 4) + d4;
+    const float2* pml = reinterpret_cast<const float2*>(p.partial_ml) + static_cast<int64_t>(i0) * p.group + h0 + h;
+    float m = -INFINITY, l = 0.0f;
+    float4 a = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int it = 0; it < n_items; it += kMergeBatch) {
+      float4 v[kMergeBatch];
+      float2 ml[kMergeBatch];
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u) {
+        const bool in = it + u < n_items;
+        v[u] = in ? __ldcg(po + (it + u) * step) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        ml[u] = in ? __ldcg(pml + static_cast<int64_t>(it + u) * p.group) : make_float2(-INFINITY, 0.0f);
+      }
+      float mb = m;
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u) mb = fmaxf(mb, ml[u].x);
+      if (mb == -INFINITY) continue;  // no visible key so far
+      const float so = exp2f(m - mb);  // m = -inf: 0 (a and l are 0)
+      a.x *= so;
+      a.y *= so;
+      a.z *= so;
+      a.w *= so;
+      l *= so;
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u) {
+        const float w = exp2f(ml[u].x - mb);  // an item without visible keys (m = -inf): 0
+        l = fmaf(w, ml[u].y, l);
+        a.x = fmaf(w, v[u].x, a.x);
+        a.y = fmaf(w, v[u].y, a.y);
+        a.z = fmaf(w, v[u].z, a.z);
+        a.w = fmaf(w, v[u].w, a.w);
+      }
+      m = mb;
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    bf16* o = p.out + out_base + h * kD + d4 * 4;
+    o[0] = ToBf16(a.x * inv);
+    o[1] = ToBf16(a.y * inv);
+    o[2] = ToBf16(a.z * inv);
+    o[3] = ToBf16(a.w * inv);
+  }
+}
 
 // grid: (num_items, ceil(group / kG)); block: kPipeThreads; dynamic shared memory PipeDynamicSharedBytes<kD, kSt>().
 template <int kD, int kG, int kSt = 0>
@@ -479,73 +536,7 @@ static __global__ void __launch_bounds__(kPipeThreads) DecodePipelinedKernel(Dec
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  // Merge: per head the max and normaliser over the slot's items (warp w: heads w, w + 4), then each thread sums
-  // its output columns over the items with weights staged in the (now idle) tile memory.
-  const int i0 = item.first_slot_item, n_items = item.num_slot_items;
-#pragma unroll
-  for (int i = 0; i < kHeadsPerWarp; ++i) {
-    const int h = warp + 4 * i;
-    if (h < heads) {
-      float mx = -INFINITY;
-      for (int it = lane; it < n_items; it += 32) {
-        mx = fmaxf(mx, __ldcg(&p.partial_ml[(static_cast<int64_t>(i0 + it) * p.group + h0 + h) * 2]));
-      }
-      mx = WarpMax(mx);
-      float tot = 0.0f;
-      if (mx != -INFINITY) {
-        for (int it = lane; it < n_items; it += 32) {
-          const int64_t pi = static_cast<int64_t>(i0 + it) * p.group + h0 + h;
-          tot += __ldcg(&p.partial_ml[pi * 2 + 1]) * exp2f(__ldcg(&p.partial_ml[pi * 2]) - mx);
-        }
-      }
-      tot = WarpSum(tot);
-      if (lane == 0) {
-        s_m[h] = mx;
-        s_l[h] = tot;
-      }
-    }
-  }
-  __syncthreads();
-  float* s_w = reinterpret_cast<float*>(tiles);  // [kG][kMergeMaxItems]
-  float o[kHeadsPerThread][S::kColPasses];
-#pragma unroll
-  for (int i = 0; i < kHeadsPerThread; ++i) {
-#pragma unroll
-    for (int e = 0; e < S::kColPasses; ++e) o[i][e] = 0.0f;
-  }
-  for (int c0 = 0; c0 < n_items; c0 += kMergeMaxItems) {
-    const int cn = min(kMergeMaxItems, n_items - c0);
-    for (int idx = tid; idx < heads * cn; idx += kPipeThreads) {
-      const int h = idx / cn, it = idx % cn;
-      const int64_t pi = static_cast<int64_t>(i0 + c0 + it) * p.group + h0 + h;
-      const float mx = s_m[h], tot = s_l[h];
-      s_w[h * kMergeMaxItems + it] = (mx == -INFINITY || !(tot > 0.0f)) ? 0.0f : exp2f(__ldcg(&p.partial_ml[pi * 2]) - mx) / tot;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < kHeadsPerThread; ++i) {
-      const int h = hsub + S::kHeadStride * i;
-      if (h < heads) {
-        const float* w = s_w + h * kMergeMaxItems;
-        const float* po = p.partial_o + (static_cast<int64_t>(i0 + c0) * p.group + h0 + h) * kD + col0;
-        const int64_t step = static_cast<int64_t>(p.group) * kD;
-#pragma unroll 4
-        for (int it = 0; it < cn; ++it) {
-#pragma unroll
-          for (int e = 0; e < S::kColPasses; ++e) o[i][e] = fmaf(w[it], __ldcg(po + it * step + e * S::kCols), o[i][e]);
-        }
-      }
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < kHeadsPerThread; ++i) {
-    const int h = hsub + S::kHeadStride * i;
-    if (h < heads) {
-#pragma unroll
-      for (int e = 0; e < S::kColPasses; ++e) p.out[out_base + h * kD + col0 + e * S::kCols] = ToBf16(o[i][e]);
-    }
-  }
+  MergeSlotPartials<kD, kG, kPipeThreads>(p, item.first_slot_item, item.num_slot_items, h0, heads, out_base);
 }
 
 // ---- Tensor-core split-KV decode ----------------------------------------------------------------------------------
@@ -566,7 +557,7 @@ static __global__ void __launch_bounds__(kPipeThreads) DecodePipelinedKernel(Dec
 // one x4.trans per 16 output columns) instead of 32-bit and 16-bit loads (kRowLoads = true keeps those: per tile
 // and thread 32 + 64 loads and 32 packs instead of 16 ldmatrix).
 // The 4 warp states merge through shared memory at the end; split slots then merge across CTAs: the last CTA of a
-// slot reads the partial (m, l) of all its items in one pass and the partial outputs as float4 with 8 items in flight.
+// slot folds the items' partial states in (MergeSlotPartials).
 
 constexpr int kMmaWarps = 4;
 constexpr int kMmaKeys = 16;  // keys per warp tile
@@ -863,103 +854,7 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  // The slot's merge. Warp w: heads w, w + 4: per lane an online (max, sum) over items lane, lane + 32, ... in one
-  // pass, then a warp reduction. Then the items' weights go to shared memory (up to kMergeMaxItems at a time) and
-  // each thread sums float4 groups of output columns over the items, 8 items' loads in flight.
-  const int i0 = item.first_slot_item, n_items = item.num_slot_items;
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int h = warp + 4 * i;
-    if (h < heads) {
-      float mx = -INFINITY, tot = 0.0f;
-      for (int it = lane; it < n_items; it += 32) {
-        const float2 ml = __ldcg(reinterpret_cast<const float2*>(p.partial_ml) + (static_cast<int64_t>(i0 + it) * p.group + h0 + h));
-        if (ml.x != -INFINITY) {
-          const float mn = fmaxf(mx, ml.x);
-          tot = tot * exp2f(mx - mn) + ml.y * exp2f(ml.x - mn);  // exp2f(-inf) = 0 on the first item
-          mx = mn;
-        }
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2) {
-        const float om = __shfl_xor_sync(0xffffffffu, mx, o), ot = __shfl_xor_sync(0xffffffffu, tot, o);
-        const float mn = fmaxf(mx, om);
-        if (mn != -INFINITY) {
-          tot = (mx == -INFINITY ? 0.0f : tot * exp2f(mx - mn)) + (om == -INFINITY ? 0.0f : ot * exp2f(om - mn));
-        }
-        mx = mn;
-      }
-      if (lane == 0) {
-        s_m[h] = mx;
-        s_l[h] = tot;
-      }
-    }
-  }
-  __syncthreads();
-  float* s_w = reinterpret_cast<float*>(smem);  // [kG][kMergeMaxItems]
-  constexpr int kGroups = (kG * kD / 4 + 32 * kMmaWarps - 1) / (32 * kMmaWarps);  // float4 groups per thread
-  float4 acc[kGroups];
-#pragma unroll
-  for (int i = 0; i < kGroups; ++i) acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  const int64_t step = static_cast<int64_t>(p.group) * kD / 4;  // float4s from one item to the next
-  for (int c0 = 0; c0 < n_items; c0 += kMergeMaxItems) {
-    const int cn = min(kMergeMaxItems, n_items - c0);
-    for (int idx = tid; idx < heads * cn; idx += blockDim.x) {
-      const int h = idx / cn, it = idx % cn;
-      const int64_t pi = static_cast<int64_t>(i0 + c0 + it) * p.group + h0 + h;
-      const float mx = s_m[h], tot = s_l[h];
-      s_w[h * kMergeMaxItems + it] =
-          (mx == -INFINITY || !(tot > 0.0f)) ? 0.0f : exp2f(__ldcg(&p.partial_ml[pi * 2]) - mx) / tot;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < kGroups; ++i) {
-      const int grp = tid + i * 32 * kMmaWarps;
-      if (grp < heads * kD / 4) {
-        const int h = grp / (kD / 4), d4 = grp % (kD / 4);
-        const float* w = s_w + h * kMergeMaxItems;
-        const float4* po = reinterpret_cast<const float4*>(p.partial_o) +
-                           (static_cast<int64_t>(i0 + c0) * p.group + h0 + h) * (kD / 4) + d4;
-        float4 a = acc[i];
-        int it = 0;
-        for (; it + 8 <= cn; it += 8) {
-          float4 v[8];
-#pragma unroll
-          for (int u = 0; u < 8; ++u) v[u] = __ldcg(po + (it + u) * step);
-#pragma unroll
-          for (int u = 0; u < 8; ++u) {
-            const float wu = w[it + u];
-            a.x = fmaf(wu, v[u].x, a.x);
-            a.y = fmaf(wu, v[u].y, a.y);
-            a.z = fmaf(wu, v[u].z, a.z);
-            a.w = fmaf(wu, v[u].w, a.w);
-          }
-        }
-        for (; it < cn; ++it) {
-          const float4 v = __ldcg(po + it * step);
-          const float wu = w[it];
-          a.x = fmaf(wu, v.x, a.x);
-          a.y = fmaf(wu, v.y, a.y);
-          a.z = fmaf(wu, v.z, a.z);
-          a.w = fmaf(wu, v.w, a.w);
-        }
-        acc[i] = a;
-      }
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < kGroups; ++i) {
-    const int grp = tid + i * 32 * kMmaWarps;
-    if (grp < heads * kD / 4) {
-      const int h = grp / (kD / 4), d = (grp % (kD / 4)) * 4;
-      bf16* o = p.out + out_base + h * kD + d;
-      o[0] = ToBf16(acc[i].x);
-      o[1] = ToBf16(acc[i].y);
-      o[2] = ToBf16(acc[i].z);
-      o[3] = ToBf16(acc[i].w);
-    }
-  }
+  MergeSlotPartials<kD, kG, 32 * kMmaWarps>(p, item.first_slot_item, item.num_slot_items, h0, heads, out_base);
 }
 
 }  // namespace kernels
