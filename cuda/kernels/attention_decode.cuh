@@ -620,15 +620,6 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
   }
   __syncthreads();
 
-  // Q as A fragments (rows g < heads; rows g + 8 are padding): a0 = Q[g][16kk + 2t..], a2 = Q[g][16kk + 2t + 8..].
-  uint32_t qa[kD / 16][2];
-  const bf16* qrow = p.q + (static_cast<int64_t>(seq) * p.hq + kvh * p.group + h0 + g) * kD;
-#pragma unroll
-  for (int kk = 0; kk < kD / 16; ++kk) {
-    qa[kk][0] = g < heads ? LoadU32(qrow + kk * 16 + 2 * t) : 0u;
-    qa[kk][1] = g < heads ? LoadU32(qrow + kk * 16 + 2 * t + 8) : 0u;
-  }
-
   const int64_t q_pos = p.window > 0 ? p.q_positions[seq] : 0;
   const int num_tiles = (item.token_end - item.token_begin + kMmaKeys - 1) / kMmaKeys;
   unsigned char* wbase = smem + warp * S::kWarpBytes;
@@ -705,6 +696,15 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
   for (int n = 0; n < kStages - 1; ++n) {
     if (n < my_tiles) load(n);
     CpAsyncCommit();
+  }
+  // Q as A fragments (rows g < heads; rows g + 8 are padding): a0 = Q[g][16kk + 2t..], a2 = Q[g][16kk + 2t + 8..].
+  // Loaded after the first tiles' copies are issued, so their latencies overlap.
+  uint32_t qa[kD / 16][2];
+  const bf16* qrow = p.q + (static_cast<int64_t>(seq) * p.hq + kvh * p.group + h0 + g) * kD;
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    qa[kk][0] = g < heads ? LoadU32(qrow + kk * 16 + 2 * t) : 0u;
+    qa[kk][1] = g < heads ? LoadU32(qrow + kk * 16 + 2 * t + 8) : 0u;
   }
   for (int n = 0; n < my_tiles; ++n) {
     CpAsyncWait<kStages - 2>();
