@@ -5,9 +5,12 @@
 // GQA and an optional sliding window — the semantics of engine/cpu/cpu_attention.cc.
 //
 // CTA = (tile of 64 query rows, KV head). A "row" is a (token, query head of the group) pair, so the group's heads
-// share every K/V tile. 4 warps own 16 rows each. Per key tile of 64: K and V rows go to shared memory, S = Q K^T
-// and O += P V run on bf16 tensor cores (mma.sync m16n8k16, fp32 accumulate), with the online softmax (running
-// max and sum, log2 domain) kept in the accumulator fragments.
+// share every K/V tile. 4 warps own 16 rows each. Per key tile of 64: S = Q K^T and O += P V run on bf16 tensor cores
+// (mma.sync m16n8k16, fp32 accumulate; A and B fragments from shared memory by ldmatrix), with the online softmax
+// (running max and sum, log2 domain) kept in the accumulator fragments. K/V tiles are double-buffered: while the CTA
+// computes tile t, its threads have already looked up tile t + 1's rows and issued their cp.async copies (two
+// threads per key row). Tiles every row of the CTA sees whole (no window, no causal cut, no padding rows) skip the
+// mask.
 #ifndef LIVEKV_CUDA_KERNELS_ATTENTION_PREFILL_CUH_
 #define LIVEKV_CUDA_KERNELS_ATTENTION_PREFILL_CUH_
 
@@ -35,28 +38,71 @@ struct PrefillParams {
 };
 
 template <int kD>
-constexpr size_t PrefillSharedBytes() {
-  return 3 * static_cast<size_t>(kPrefillRows) * (kD + 8) * sizeof(bf16);
+constexpr size_t PrefillSharedBytes() {  // Q, then two buffers of K and V rows
+  return 5 * static_cast<size_t>(kPrefillRows) * (kD + 8) * sizeof(bf16);
 }
 
 // grid: (ceil(n * group / 64), hkv); block: 128; dynamic shared memory PrefillSharedBytes<kD>().
 template <int kD>
 static __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillParams p) {
-  constexpr int kStride = kD + 8;  // padded row: conflict-free fragment loads
-  constexpr int kChunks = kD / 8;
+  static_assert(kD % 16 == 0, "head_dim must be a multiple of 16");
+  constexpr int kStride = kD + 8;  // padded row (elements): conflict-free ldmatrix
+  constexpr int kChunks = kD / 8;  // 16-byte chunks per row
+  constexpr int kTileElems = kPrefillKeys * kStride;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* qs = reinterpret_cast<bf16*>(smem);
-  bf16* ks = qs + kPrefillRows * kStride;
-  bf16* vs = ks + kPrefillKeys * kStride;
-  __shared__ const bf16* s_kp[kPrefillKeys];
-  __shared__ const bf16* s_vp[kPrefillKeys];
-  __shared__ int64_t s_kpos[kPrefillKeys];
+  bf16* kvs = qs + kPrefillRows * kStride;  // buffer b: K rows at kvs + 2b * kTileElems, V rows after them
+  __shared__ int64_t s_kpos[2][kPrefillKeys];
 
   const int h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int64_t total_rows = static_cast<int64_t>(p.n) * p.group;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kPrefillRows;
+
+  const int run_lo = p.table.slot_runs[h], run_hi = p.table.slot_runs[h + 1];
+  const int ctx = p.table.slot_tokens[h];
+  const int64_t last_row = min(row0 + kPrefillRows - 1, total_rows - 1);
+  const int64_t num_keys = ctx + last_row / p.group + 1;
+  const int64_t num_tiles = (num_keys + kPrefillKeys - 1) / kPrefillKeys;
+  // Keys every row of the CTA sees: the context and the chunk's keys up to its first row's token (no window).
+  const int64_t first_token = row0 / p.group;
+  const int64_t seen_by_all = p.window > 0 || row0 + kPrefillRows > total_rows ? 0 : ctx + first_token + 1;
+
+  // Tile `kt` into buffer `buf`: thread pair (2r, 2r + 1) copies key row r, half of its chunks each.
+  const int crow = tid >> 1, chalf = tid & 1;
+  auto load_tile = [&](int64_t kt, int buf) {
+    const int64_t idx = kt * kPrefillKeys + crow;
+    const bf16* kp = p.k;  // any valid address: a zero-byte source is not read
+    const bf16* vp = p.k;
+    int64_t pos = -1;
+    bool valid = true;
+    if (idx < ctx) {
+      const int r = FindRun(p.table.runs, run_lo, run_hi, static_cast<int>(idx));
+      const RunDesc& run = p.table.runs[r];
+      const int64_t off = idx - run.token_begin;
+      kp = run.k + off * kD;
+      vp = run.v + off * kD;
+      pos = run.first_position >= 0 ? run.first_position + off : -1;
+    } else if (idx < num_keys) {
+      const int64_t j = idx - ctx;
+      kp = p.k + (j * p.hkv + h) * kD;
+      vp = p.v + (j * p.hkv + h) * kD;
+      pos = p.pos0 + j;
+    } else {
+      valid = false;
+    }
+    if (chalf == 0) s_kpos[buf][crow] = pos;
+    bf16* kd = kvs + 2 * buf * kTileElems + crow * kStride;
+    bf16* vd = kd + kTileElems;
+#pragma unroll
+    for (int c = chalf * (kChunks / 2); c < (chalf + 1) * (kChunks / 2); ++c) {
+      CpAsync16(kd + c * 8, valid ? kp + c * 8 : kp, valid ? 16 : 0);
+      CpAsync16(vd + c * 8, valid ? vp + c * 8 : vp, valid ? 16 : 0);
+    }
+  };
+  load_tile(0, 0);
+  CpAsyncCommit();
 
   for (int i = tid; i < kPrefillRows * kChunks; i += kPrefillThreads) {
     const int r = i / kChunks, c = i % kChunks;
@@ -69,57 +115,29 @@ static __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillP
     *reinterpret_cast<uint4*>(qs + r * kStride + c * 8) = val;
   }
 
-  const int run_lo = p.table.slot_runs[h], run_hi = p.table.slot_runs[h + 1];
-  const int ctx = p.table.slot_tokens[h];
-  const int64_t last_row = min(row0 + kPrefillRows - 1, total_rows - 1);
-  const int64_t num_keys = ctx + last_row / p.group + 1;
-
   const int ra = warp * 16 + g, rb = ra + 8;  // this thread's two rows within the tile
   const bool va = row0 + ra < total_rows, vb = row0 + rb < total_rows;
   const int64_t tqa = (row0 + ra) / p.group, tqb = (row0 + rb) / p.group;
+  // ldmatrix lane addresses: Q (A, x4: rows 0-7 / 8-15 x columns 0-7 / 8-15), K (B of two n-tiles, x4), V (B of two
+  // column tiles, x4.trans), relative to the tile and the 16-column (Q, K) or 16-key (V) step.
+  const bf16* q_lane = qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kStride + ((lane >> 4) & 1) * 8;
+  const int k_lane = ((lane >> 4) & 1) * 8 + (lane & 7), k_col = ((lane >> 3) & 1) * 8;
+  const int v_lane = ((lane >> 3) & 1) * 8 + (lane & 7), v_col = ((lane >> 4) & 1) * 8;
 
   float o[kD / 8][4];
 #pragma unroll
   for (int dt = 0; dt < kD / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
   float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
 
-  for (int64_t kt = 0; kt * kPrefillKeys < num_keys; ++kt) {
-    __syncthreads();  // the previous tile's K/V (and, first time, nothing) are no longer read
-    if (tid < kPrefillKeys) {
-      const int64_t idx = kt * kPrefillKeys + tid;
-      const bf16* kp = nullptr;
-      const bf16* vp = nullptr;
-      int64_t pos = -1;
-      if (idx < ctx) {
-        const int r = FindRun(p.table.runs, run_lo, run_hi, static_cast<int>(idx));
-        const RunDesc& run = p.table.runs[r];
-        const int64_t off = idx - run.token_begin;
-        kp = run.k + off * kD;
-        vp = run.v + off * kD;
-        pos = run.first_position >= 0 ? run.first_position + off : -1;
-      } else if (idx < num_keys) {
-        const int64_t j = idx - ctx;
-        kp = p.k + (j * p.hkv + h) * kD;
-        vp = p.v + (j * p.hkv + h) * kD;
-        pos = p.pos0 + j;
-      }
-      s_kp[tid] = kp;
-      s_vp[tid] = vp;
-      s_kpos[tid] = pos;
-    }
-    __syncthreads();
-    for (int i = tid; i < kPrefillKeys * kChunks; i += kPrefillThreads) {
-      const int r = i / kChunks, c = i % kChunks;
-      const bf16* kp = s_kp[r];
-      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-      if (kp != nullptr) {
-        kv = *reinterpret_cast<const uint4*>(kp + c * 8);
-        vv = *reinterpret_cast<const uint4*>(s_vp[r] + c * 8);
-      }
-      *reinterpret_cast<uint4*>(ks + r * kStride + c * 8) = kv;
-      *reinterpret_cast<uint4*>(vs + r * kStride + c * 8) = vv;
-    }
-    __syncthreads();
+  for (int64_t kt = 0; kt < num_tiles; ++kt) {
+    const int buf = static_cast<int>(kt & 1);
+    __syncthreads();  // tile kt - 1 (buffer buf ^ 1) is no longer read; Q is in shared memory
+    if (kt + 1 < num_tiles) load_tile(kt + 1, buf ^ 1);
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    __syncthreads();  // every thread's copies of tile kt have landed
+    const bf16* ks = kvs + 2 * buf * kTileElems;
+    const bf16* vs = ks + kTileElems;
 
     // S = Q K^T: this warp's 16 rows x 64 keys, as 8 n-tiles of 16x8.
     float s[8][4];
@@ -128,43 +146,53 @@ static __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillP
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
       uint32_t a[4];
-      const bf16* qa = qs + (warp * 16 + g) * kStride + kk * 16 + 2 * t;
-      a[0] = LoadU32(qa);
-      a[1] = LoadU32(qa + 8 * kStride);
-      a[2] = LoadU32(qa + 8);
-      a[3] = LoadU32(qa + 8 * kStride + 8);
+      LdMatrixX4(a, q_lane + kk * 16);
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const bf16* kb = ks + (nt * 8 + g) * kStride + kk * 16 + 2 * t;
-        MmaBf16(s[nt], a, LoadU32(kb), LoadU32(kb + 8));
+      for (int np = 0; np < 4; ++np) {
+        uint32_t b[4];
+        LdMatrixX4(b, ks + (np * 16 + k_lane) * kStride + kk * 16 + k_col);
+        MmaBf16(s[2 * np], a, b[0], b[1]);
+        MmaBf16(s[2 * np + 1], a, b[2], b[3]);
       }
     }
 
     // Mask and scale; row maxima.
     float mxa = -INFINITY, mxb = -INFINITY;
+    if ((kt + 1) * kPrefillKeys <= seen_by_all) {
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+      for (int nt = 0; nt < 8; ++nt) {
+        s[nt][0] *= p.scale_log2;
+        s[nt][1] *= p.scale_log2;
+        s[nt][2] *= p.scale_log2;
+        s[nt][3] *= p.scale_log2;
+        mxa = fmaxf(mxa, fmaxf(s[nt][0], s[nt][1]));
+        mxb = fmaxf(mxb, fmaxf(s[nt][2], s[nt][3]));
+      }
+    } else {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = nt * 8 + 2 * t + (e & 1);
-        const int64_t idx = kt * kPrefillKeys + col;
-        const bool row_a = e < 2;
-        const int64_t tq = row_a ? tqa : tqb;
-        bool vis = (row_a ? va : vb) && idx < num_keys;
-        if (vis) {
-          if (idx >= ctx) {
-            const int64_t j = idx - ctx;
-            vis = j <= tq && (p.window <= 0 || tq - j < p.window);
-          } else if (p.window > 0) {
-            vis = (p.pos0 + tq) - s_kpos[col] < p.window;
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = nt * 8 + 2 * t + (e & 1);
+          const int64_t idx = kt * kPrefillKeys + col;
+          const bool row_a = e < 2;
+          const int64_t tq = row_a ? tqa : tqb;
+          bool vis = (row_a ? va : vb) && idx < num_keys;
+          if (vis) {
+            if (idx >= ctx) {
+              const int64_t j = idx - ctx;
+              vis = j <= tq && (p.window <= 0 || tq - j < p.window);
+            } else if (p.window > 0) {
+              vis = (p.pos0 + tq) - s_kpos[buf][col] < p.window;
+            }
           }
-        }
-        const float val = vis ? s[nt][e] * p.scale_log2 : -INFINITY;
-        s[nt][e] = val;
-        if (row_a) {
-          mxa = fmaxf(mxa, val);
-        } else {
-          mxb = fmaxf(mxb, val);
+          const float val = vis ? s[nt][e] * p.scale_log2 : -INFINITY;
+          s[nt][e] = val;
+          if (row_a) {
+            mxa = fmaxf(mxa, val);
+          } else {
+            mxb = fmaxf(mxb, val);
+          }
         }
       }
     }
@@ -205,13 +233,13 @@ static __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillP
       a[1] = PackBf16x2(s[2 * kk][2], s[2 * kk][3]);
       a[2] = PackBf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
       a[3] = PackBf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-      const bf16* vrow = vs + (kk * 16 + 2 * t) * kStride + g;
+      const bf16* vrow = vs + (kk * 16 + v_lane) * kStride + v_col;
 #pragma unroll
-      for (int dt = 0; dt < kD / 8; ++dt) {
-        const bf16* vb = vrow + dt * 8;
-        const uint32_t b0 = PackBf16x2(vb[0], vb[kStride]);
-        const uint32_t b1 = PackBf16x2(vb[8 * kStride], vb[9 * kStride]);
-        MmaBf16(o[dt], a, b0, b1);
+      for (int dt = 0; dt < kD / 8; dt += 2) {
+        uint32_t b[4];
+        LdMatrixX4Trans(b, vrow + dt * 8);
+        MmaBf16(o[dt], a, b[0], b[1]);
+        MmaBf16(o[dt + 1], a, b[2], b[3]);
       }
     }
   }
