@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <string>
 
+#include "common/status_macros.h"
 #include "cuda/testing/test_util.h"
 #include "engine/cpu/cpu_backend.h"
 #include "engine/dense_kv_cache.h"
@@ -195,17 +196,37 @@ TEST_P(HfParityOnGpu, LogitsAndGreedyTokensMatchTheCpuEngine) {
   if (config->hidden_size % 8 == 0 && config->intermediate_size % 8 == 0) EXPECT_GT(gpu_->fused_gemv_calls(), 0);
 }
 
+// A committed parity model on the GPU, prefilled in chunks of 16.
+absl::StatusOr<std::unique_ptr<Transformer>> LoadGpuModel(const std::string& dir, CudaBackend* gpu, ModelConfig* config) {
+  LIVEKV_ASSIGN_OR_RETURN(*config, LoadModelConfig(dir));
+  LIVEKV_ASSIGN_OR_RETURN(auto files, SafetensorsSet::OpenDir(dir));
+  LIVEKV_ASSIGN_OR_RETURN(ModelWeights weights, LoadWeights(*config, *files, gpu));
+  return Transformer::Create(*config, std::move(weights), gpu, TransformerOptions{.max_chunk = 16});
+}
+
+// The logits of each of `steps` (one token each) decoded after `prompt`, on a fresh dense KV cache.
+absl::StatusOr<std::vector<std::vector<float>>> DecodeLogits(Transformer& model, const ModelConfig& config,
+                                                             CudaBackend* gpu, absl::Span<const int32_t> prompt,
+                                                             absl::Span<const int32_t> steps) {
+  LIVEKV_ASSIGN_OR_RETURN(auto kv, DenseKvCache::Create(config, gpu, DType::kBF16, 4));
+  std::vector<float> logits;
+  LIVEKV_RETURN_IF_ERROR(model.Forward(prompt, kv.get(), false, &logits));
+  std::vector<std::vector<float>> out;
+  for (int32_t t : steps) {
+    const int32_t ids[] = {t};
+    logits.clear();
+    LIVEKV_RETURN_IF_ERROR(model.Forward(ids, kv.get(), false, &logits));
+    out.push_back(logits);
+  }
+  return out;
+}
+
 // Decode-step fusion and programmatic launch change nothing but the norm's fp32 summation order: 6 decode steps
 // with them (the default) against the same steps with both off, on the same backend and weights.
 TEST_F(CudaBackendTest, FusedDecodeMatchesUnfused) {
-  const std::string dir = "engine/testdata/hf/llama_gqa2_d64_llama3";
-  auto config = LoadModelConfig(dir);
-  ASSERT_TRUE(config.ok()) << config.status();
-  auto files = SafetensorsSet::OpenDir(dir);
-  ASSERT_TRUE(files.ok()) << files.status();
-  auto weights = LoadWeights(*config, **files, gpu_.get());
-  ASSERT_TRUE(weights.ok()) << weights.status();
-  auto model = Transformer::Create(*config, std::move(*weights), gpu_.get(), TransformerOptions{.max_chunk = 16}).value();
+  ModelConfig config;
+  auto model = LoadGpuModel("engine/testdata/hf/llama_gqa2_d64_llama3", gpu_.get(), &config);
+  ASSERT_TRUE(model.ok()) << model.status();
   const std::vector<int32_t> prompt = {1, 17, 230, 5, 99, 41, 7, 200, 12};  // vocabulary 256
   const int32_t steps[] = {3, 250, 18, 77, 2, 140};
   std::vector<std::vector<float>> runs[2];
@@ -213,17 +234,11 @@ TEST_F(CudaBackendTest, FusedDecodeMatchesUnfused) {
     gpu_->set_fuse_decode_ops(fused == 1);
     gpu_->set_programmatic_launch(fused == 1);
     const int64_t before = gpu_->fused_gemv_calls();
-    auto kv = DenseKvCache::Create(*config, gpu_.get(), DType::kBF16, 4).value();
-    std::vector<float> logits;
-    ASSERT_TRUE(model->Forward(prompt, kv.get(), false, &logits).ok());
-    for (int32_t t : steps) {
-      const int32_t ids[] = {t};
-      logits.clear();
-      ASSERT_TRUE(model->Forward(ids, kv.get(), false, &logits).ok());
-      runs[fused].push_back(logits);
-    }
+    auto logits = DecodeLogits(**model, config, gpu_.get(), prompt, steps);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    runs[fused] = std::move(*logits);
     if (fused == 1) {
-      EXPECT_GE(gpu_->fused_gemv_calls() - before, 3 * config->num_layers * 6) << "fusion did not happen";
+      EXPECT_GE(gpu_->fused_gemv_calls() - before, 3 * config.num_layers * 6) << "fusion did not happen";
     } else {
       EXPECT_EQ(gpu_->fused_gemv_calls(), before);
     }
@@ -242,29 +257,18 @@ TEST_F(CudaBackendTest, FusedDecodeMatchesUnfused) {
 // so 8 decode steps give bit-identical logits. The aside copy is ordered only by its event: a missing wait shows as
 // a plan read before it landed (garbage runs, different logits or a fault).
 TEST_F(CudaBackendTest, DecodePlanPlacementsGiveIdenticalLogits) {
-  const std::string dir = "engine/testdata/hf/llama_gqa2_d64_llama3";
-  auto config = LoadModelConfig(dir);
-  ASSERT_TRUE(config.ok()) << config.status();
-  auto files = SafetensorsSet::OpenDir(dir);
-  ASSERT_TRUE(files.ok()) << files.status();
-  auto weights = LoadWeights(*config, **files, gpu_.get());
-  ASSERT_TRUE(weights.ok()) << weights.status();
-  auto model = Transformer::Create(*config, std::move(*weights), gpu_.get(), TransformerOptions{.max_chunk = 16}).value();
+  ModelConfig config;
+  auto model = LoadGpuModel("engine/testdata/hf/llama_gqa2_d64_llama3", gpu_.get(), &config);
+  ASSERT_TRUE(model.ok()) << model.status();
   const std::vector<int32_t> prompt = {1, 17, 230, 5, 99, 41, 7, 200, 12, 64, 3};
   const int32_t steps[] = {3, 250, 18, 77, 2, 140, 9, 33};
   const DecodePlans placements[] = {DecodePlans::kZeroCopy, DecodePlans::kInStream, DecodePlans::kAside};
   std::vector<std::vector<float>> runs[3];
   for (int p = 0; p < 3; ++p) {
     gpu_->set_decode_plans(placements[p]);
-    auto kv = DenseKvCache::Create(*config, gpu_.get(), DType::kBF16, 4).value();
-    std::vector<float> logits;
-    ASSERT_TRUE(model->Forward(prompt, kv.get(), false, &logits).ok());
-    for (int32_t t : steps) {
-      const int32_t ids[] = {t};
-      logits.clear();
-      ASSERT_TRUE(model->Forward(ids, kv.get(), false, &logits).ok());
-      runs[p].push_back(logits);
-    }
+    auto logits = DecodeLogits(**model, config, gpu_.get(), prompt, steps);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    runs[p] = std::move(*logits);
   }
   gpu_->set_decode_plans(CudaBackendOptions().decode_plans);
   for (int p = 1; p < 3; ++p) {
