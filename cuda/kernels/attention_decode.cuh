@@ -592,9 +592,10 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
   __shared__ float s_m[kG], s_l[kG];
   __shared__ int s_last;
 
-  // The plan (device memory, or pinned host memory read zero-copy) and the KV are not written by the previous
-  // kernel: read the item and its runs before waiting for it (programmatic launch; a no-op otherwise). q, the
-  // workspace and the output only after.
+  // Programmatic launch (a no-op otherwise): the plan (device memory, or pinned host memory read zero-copy) and the
+  // KV rows of the context are not written by the previous kernel, so the item's runs are read and the first tiles'
+  // copies issued before waiting for it; q, the positions, the token's own KV row (the slot's last token: its last
+  // run, which the previous kernel may have just written), the workspace and the output only after.
   const DecodeItem item = p.items[blockIdx.x];
   const int h0 = blockIdx.y * kG;
   const int heads = min(kG, p.group - h0);
@@ -609,18 +610,9 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
     s_v[i] = r.v;
     s_pos[i] = r.first_position;
   }
-  GridDependencyWait();
-  GridDependentsLaunch();
-  if (p.q_copy != nullptr && blockIdx.x == item.first_slot_item) {
-    // The snapshot of this CTA's query heads: heads * kD contiguous elements, 16 bytes per thread and step.
-    const int64_t base = (static_cast<int64_t>(seq) * p.hq + kvh * p.group + h0) * kD;
-    const uint4* src = reinterpret_cast<const uint4*>(p.q + base);
-    uint4* dst = reinterpret_cast<uint4*>(p.q_copy + base);
-    for (int i = tid; i < heads * kD / 8; i += blockDim.x) dst[i] = src[i];
-  }
-  __syncthreads();
+  __syncthreads();  // the runs, for the tile lookups
 
-  const int64_t q_pos = p.window > 0 ? p.q_positions[seq] : 0;
+  int64_t q_pos = 0;  // the query position (read after the wait, only with a window)
   const int num_tiles = (item.token_end - item.token_begin + kMmaKeys - 1) / kMmaKeys;
   unsigned char* wbase = smem + warp * S::kWarpBytes;
   const int lkey = lane & 15, half = lane >> 4;
@@ -692,8 +684,29 @@ static __global__ void __launch_bounds__(32 * kMmaWarps) DecodeMmaKernel(DecodeP
   for (int nd = 0; nd < kD / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
   float m = -INFINITY, l = 0.0f;  // row g's running max (log2 units) and this thread's partial sum
 
-#pragma unroll
-  for (int n = 0; n < kStages - 1; ++n) {
+  // The first kStages - 1 tiles, one commit group each: those that end before the item's last token (which may be
+  // the token's own row) already now when no window needs q_pos, the others after the wait.
+  int issued = 0;
+  if (p.window <= 0) {
+    for (; issued < kStages - 1 && issued < my_tiles; ++issued) {
+      const int tile = warp + issued * kMmaWarps;
+      if (item.token_begin + (tile + 1) * kMmaKeys >= item.token_end) break;
+      load(issued);
+      CpAsyncCommit();
+    }
+  }
+  GridDependencyWait();
+  GridDependentsLaunch();
+  if (p.q_copy != nullptr && blockIdx.x == item.first_slot_item) {
+    // The snapshot of this CTA's query heads: heads * kD contiguous elements, 16 bytes per thread and step.
+    const int64_t base = (static_cast<int64_t>(seq) * p.hq + kvh * p.group + h0) * kD;
+    const uint4* src = reinterpret_cast<const uint4*>(p.q + base);
+    uint4* dst = reinterpret_cast<uint4*>(p.q_copy + base);
+    for (int i = tid; i < heads * kD / 8; i += blockDim.x) dst[i] = src[i];
+  }
+
+  if (p.window > 0) q_pos = p.q_positions[seq];
+  for (int n = issued; n < kStages - 1; ++n) {
     if (n < my_tiles) load(n);
     CpAsyncCommit();
   }

@@ -96,7 +96,9 @@ TEST_F(KMeansTest, UpdateIsTheMeanOfMembers) {
   };
   for (const Case& c : {Case{1, 1, 64, 1}, Case{3, 97, 64, 7}, Case{8, 1000, 128, 33}, Case{2, 50, 256, 50},
                         // clusters of hundreds of members; more clusters than one scan chunk (1024)
-                        Case{2, 5003, 128, 7}, Case{1, 4099, 64, 2500}, Case{2, 3001, 256, 1031}}) {
+                        Case{2, 5003, 128, 7}, Case{1, 4099, 64, 2500}, Case{2, 3001, 256, 1031},
+                        // clusters of thousands of members
+                        Case{1, 20011, 64, 3}, Case{2, 9001, 256, 17}}) {
     Data d = MakeData(c.heads, c.n, c.dim, &rng);
     std::vector<int32_t> labels(size_t(c.heads) * c.n);
     for (auto& l : labels) l = static_cast<int32_t>(rng() % c.C);
