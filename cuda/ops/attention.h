@@ -39,7 +39,9 @@ struct DecodeAttentionArgs {
   float scale = 1.0f;                // usually 1/sqrt(head_dim)
   int64_t sliding_window = 0;        // 0: none (then the plan's query positions are not read)
   // Which kernel (see DecodeKernel). The tensor-core kernel launches with programmatic dependent launch where the
-  // calling thread enabled it (cuda/runtime/launch.h).
+  // calling thread enabled it (cuda/runtime/launch.h); it then starts copying KV rows while the previous kernel of
+  // the stream still runs, so that kernel may write q, the positions and each slot's last token (the query token's
+  // own row, the last run), but no other row of the runs.
   DecodeKernel kernel = DecodeKernel::kMma;
   // Shared-memory stages per warp (kMma) or per CTA (kPipelined): 2, 3 or 4 for head_dim 128; 0: the default, 3.
   int pipeline_stages = 0;
