@@ -417,7 +417,15 @@ void Run() {
         BENCH_CHECK(KMeansAssign(pts, cent.as<float>(), C, labels.as<int32_t>(), ws.data(), ws.bytes(), s));
       }, 5, 5);
       const double tflops = 2.0 * npts * C * d * heads / (assign_ms * 1e-3) / 1e12;
-      Report("kmeans_assign_" + tag, tflops, "TFLOP/s", tflops / gemm_tflops, "measured GEMM");
+      Report("kmeans_assign_" + tag, tflops, "TFLOP/s", tflops / gemm_tflops,
+             "measured GEMM (the default kernel: wgmma on sm_90)");
+      const double mma_ms = TimeMs(s, [&](int) {
+        BENCH_CHECK(KMeansAssign(pts, cent.as<float>(), C, labels.as<int32_t>(), ws.data(), ws.bytes(), s,
+                                 KMeansAssignKernel::kMmaSync));
+      }, 5, 5);
+      const double mma_tflops = 2.0 * npts * C * d * heads / (mma_ms * 1e-3) / 1e12;
+      Report("kmeans_assign_" + tag + "_mmasync", mma_tflops, "TFLOP/s", mma_tflops / gemm_tflops,
+             "measured GEMM (the mma.sync kernel)");
       const double update_ms = TimeMs(s, [&](int) {
         BENCH_CHECK(KMeansUpdate(pts, labels.as<int32_t>(), C, cent.as<float>(), sizes.as<int32_t>(), ws.data(), ws.bytes(), s));
       }, 5, 5);

@@ -72,9 +72,34 @@ absl::Status CheckWorkspace(void* ws, size_t bytes, const KMeansPoints& p, int32
   return absl::OkStatus();
 }
 
+// Whether the assignment runs AssignWgmmaKernel on the current device.
+absl::StatusOr<bool> UseWgmma(KMeansAssignKernel kernel) {
+  if (kernel == KMeansAssignKernel::kMmaSync) return false;
+  int device = 0, major = 0, minor = 0;
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  const bool hopper = major == 9 && minor == 0;  // the build's sm_90a code; wgmma is not in its compute_90 PTX
+  if (kernel == KMeansAssignKernel::kWgmma && !hopper) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("kmeans: the wgmma assignment needs an sm_90 device; this one is sm_", major, minor));
+  }
+  return hopper;
+}
+
 template <int kD>
 absl::Status LaunchAssign(const kn::PointsView& v, const __nv_bfloat16* normalized, int32_t C, int32_t* labels,
-                          int32_t* counts, int32_t* control, cudaStream_t stream) {
+                          int32_t* counts, int32_t* control, bool wgmma, cudaStream_t stream) {
+  if (wgmma) {
+    constexpr size_t smem = kn::WgAssignSharedBytes<kD>();
+    LIVEKV_RETURN_IF_ERROR(CudaStatus(cudaFuncSetAttribute(kn::AssignWgmmaKernel<kD>,
+                                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                           static_cast<int>(smem)),
+                                      "cudaFuncSetAttribute(AssignWgmmaKernel)"));
+    dim3 grid(static_cast<unsigned>(kn::CeilDiv(v.n, kn::kWgAssignRows)), static_cast<unsigned>(v.heads));
+    kn::AssignWgmmaKernel<kD><<<grid, kn::kWgAssignThreads, smem, stream>>>(v, normalized, C, labels, counts, control);
+    return LaunchStatus("AssignWgmmaKernel");
+  }
   constexpr size_t smem = kn::AssignSharedBytes<kD>();
   LIVEKV_RETURN_IF_ERROR(CudaStatus(
       cudaFuncSetAttribute(kn::AssignKernel<kD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
@@ -96,12 +121,12 @@ absl::Status NormalizeImpl(const KMeansPoints& p, const float* centroids, int32_
 // Assigns against w.normalized. counts: null, or w.counts (zero) to receive the update's histogram. control: null,
 // or w.control for the early stop (the kernels skip their work once it says stop).
 absl::Status AssignImpl(const KMeansPoints& p, int32_t C, int32_t* labels, int32_t* counts, const Workspace& w,
-                        int32_t* control, cudaStream_t stream) {
+                        int32_t* control, bool wgmma, cudaStream_t stream) {
   const kn::PointsView v = View(p);
   switch (p.dim) {
-    case 64: return LaunchAssign<64>(v, w.normalized, C, labels, counts, control, stream);
-    case 128: return LaunchAssign<128>(v, w.normalized, C, labels, counts, control, stream);
-    default: return LaunchAssign<256>(v, w.normalized, C, labels, counts, control, stream);
+    case 64: return LaunchAssign<64>(v, w.normalized, C, labels, counts, control, wgmma, stream);
+    case 128: return LaunchAssign<128>(v, w.normalized, C, labels, counts, control, wgmma, stream);
+    default: return LaunchAssign<256>(v, w.normalized, C, labels, counts, control, wgmma, stream);
   }
 }
 
@@ -162,13 +187,14 @@ absl::Status KMeansInitFromPoints(const KMeansPoints& p, const int32_t* rows, in
 }
 
 absl::Status KMeansAssign(const KMeansPoints& p, const float* centroids, int32_t C, int32_t* labels, void* ws,
-                          size_t ws_bytes, cudaStream_t stream) {
+                          size_t ws_bytes, cudaStream_t stream, KMeansAssignKernel kernel) {
   LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_assign"));
   LIVEKV_RETURN_IF_ERROR(CheckWorkspace(ws, ws_bytes, p, C, "kmeans_assign"));
   if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_assign: null centroids or labels");
+  LIVEKV_ASSIGN_OR_RETURN(const bool wgmma, UseWgmma(kernel));
   const Workspace w = Carve(ws, p.heads, p.n, C, p.dim);
   LIVEKV_RETURN_IF_ERROR(NormalizeImpl(p, centroids, C, w, nullptr, stream));
-  return AssignImpl(p, C, labels, nullptr, w, nullptr, stream);
+  return AssignImpl(p, C, labels, nullptr, w, nullptr, wgmma, stream);
 }
 
 absl::Status KMeansUpdate(const KMeansPoints& p, const int32_t* labels, int32_t C, float* centroids, int32_t* sizes,
@@ -181,7 +207,8 @@ absl::Status KMeansUpdate(const KMeansPoints& p, const int32_t* labels, int32_t 
 }
 
 absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, float* centroids, int32_t* labels,
-                       int32_t* sizes, void* ws, size_t ws_bytes, cudaStream_t stream, double stop_fraction) {
+                       int32_t* sizes, void* ws, size_t ws_bytes, cudaStream_t stream, double stop_fraction,
+                       KMeansAssignKernel kernel) {
   LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_run"));
   LIVEKV_RETURN_IF_ERROR(CheckWorkspace(ws, ws_bytes, p, C, "kmeans_run"));
   if (iterations < 0) return absl::InvalidArgumentError(absl::StrCat("kmeans_run: iterations ", iterations));
@@ -189,6 +216,7 @@ absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, flo
   if (!(stop_fraction >= 0.0 && stop_fraction < 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat("kmeans_run: stop fraction ", stop_fraction, " not in [0, 1)"));
   }
+  LIVEKV_ASSIGN_OR_RETURN(const bool wgmma, UseWgmma(kernel));
   const Workspace w = Carve(ws, p.heads, p.n, C, p.dim);
   int32_t* control = stop_fraction > 0.0 ? w.control : nullptr;
   if (control != nullptr) LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(control, 0, 2 * sizeof(int32_t), stream));
@@ -199,7 +227,7 @@ absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, flo
   const size_t rows = static_cast<size_t>(p.heads) * C;
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(w.counts, 0, rows * sizeof(int32_t), stream));
   for (int32_t it = 0; it < iterations; ++it) {
-    LIVEKV_RETURN_IF_ERROR(AssignImpl(p, C, labels, w.counts, w, control, stream));
+    LIVEKV_RETURN_IF_ERROR(AssignImpl(p, C, labels, w.counts, w, control, wgmma, stream));
     if (control != nullptr) {  // the first assignment has no previous labels to compare with: never stop there
       kn::KMeansCheckKernel<<<1, 1, 0, stream>>>(control, it == 0 ? -1 : threshold);
       LIVEKV_RETURN_IF_ERROR(LaunchStatus("KMeansCheckKernel"));
@@ -208,7 +236,7 @@ absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, flo
   }
   // Once stopped, the labels are already the assignment against the (then unchanged) centroids, and w.counts their
   // histogram (the stopped update did not consume it; later assignments skip their work).
-  LIVEKV_RETURN_IF_ERROR(AssignImpl(p, C, labels, w.counts, w, control, stream));
+  LIVEKV_RETURN_IF_ERROR(AssignImpl(p, C, labels, w.counts, w, control, wgmma, stream));
   if (sizes == nullptr) return absl::OkStatus();
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(sizes, w.counts, rows * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream));
   return absl::OkStatus();

@@ -8,7 +8,7 @@
 //   LIVEKV_RETURN_IF_ERROR(KMeansInitFromPoints(pts, init_rows, C, centroids, stream));
 //   LIVEKV_RETURN_IF_ERROR(KMeansRun(pts, C, /*iterations=*/20, centroids, labels, sizes, ws, ws_bytes, stream));
 //
-// Numerics: assignment on bf16 tensor cores against bf16-rounded normalised centroids (scores within 2^-9 |p| of
+// Numerics: assignment on bf16 tensor cores (wgmma on Hopper, mma.sync elsewhere) against bf16-rounded normalised centroids (scores within 2^-9 |p| of
 // fp32; near-ties may go either way), update as an fp32 sum per cluster after a counting sort by label (members
 // summed in nondeterministic order).
 #ifndef LIVEKV_CUDA_OPS_KMEANS_H_
@@ -42,10 +42,16 @@ size_t KMeansWorkspaceBytes(int32_t heads, int32_t n, int32_t C, int32_t dim);
 absl::Status KMeansInitFromPoints(const KMeansPoints& points, const int32_t* rows, int32_t C, float* centroids,
                                   cudaStream_t stream);
 
+// The assignment's kernel. kAuto: wgmma on sm_90 devices (Hopper; 1.35x the mma.sync kernel's rate on an H100,
+// docs/gpu.md), mma.sync elsewhere. kWgmma on another device is FAILED_PRECONDITION. Both give the same labels
+// (the same bf16 products summed in fp32; only the summation order inside the tensor cores may differ).
+enum class KMeansAssignKernel { kAuto, kMmaSync, kWgmma };
+
 // labels[h][i] = argmax_c cos(point(h, i), centroids[h][c]), ties to the lower c. centroids fp32 [heads][C][dim];
 // labels int32 [heads][n].
 absl::Status KMeansAssign(const KMeansPoints& points, const float* centroids, int32_t C, int32_t* labels,
-                          void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                          void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                          KMeansAssignKernel kernel = KMeansAssignKernel::kAuto);
 
 // centroids[h][c] = mean of the points labelled c (unchanged for empty clusters); sizes[h][c] = member count
 // (sizes may be null).
@@ -59,7 +65,7 @@ absl::Status KMeansUpdate(const KMeansPoints& points, const int32_t* labels, int
 // launched and return at once), and the labels of that assignment, which match the centroids, are returned.
 absl::Status KMeansRun(const KMeansPoints& points, int32_t C, int32_t iterations, float* centroids, int32_t* labels,
                        int32_t* sizes, void* workspace, size_t workspace_bytes, cudaStream_t stream,
-                       double stop_fraction = 0.0);
+                       double stop_fraction = 0.0, KMeansAssignKernel kernel = KMeansAssignKernel::kAuto);
 
 }  // namespace cuda
 }  // namespace livekv

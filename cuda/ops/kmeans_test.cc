@@ -39,53 +39,105 @@ Data MakeData(int heads, int n, int dim, std::mt19937* rng) {
   return d;
 }
 
+// The assignment kernels this device runs: mma.sync everywhere, wgmma on sm_90 (where kAuto picks it).
+std::vector<KMeansAssignKernel> DeviceAssignKernels() {
+  int device = 0, major = 0, minor = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  if (major == 9 && minor == 0) return {KMeansAssignKernel::kMmaSync, KMeansAssignKernel::kWgmma};
+  return {KMeansAssignKernel::kMmaSync};
+}
+
 TEST_F(KMeansTest, AssignPicksTheMostCosineSimilarCentroid) {
-  std::mt19937 rng(31);
-  struct Case {
-    int heads, n, dim, C;
-  };
-  for (const Case& c : {Case{1, 1, 64, 1}, Case{3, 7, 64, 7}, Case{8, 97, 128, 33}, Case{2, 1000, 128, 200},
-                        Case{1, 333, 256, 97}, Case{3, 150, 128, 129},
-                        // many CTAs and centroid tiles: the tile ring wraps around several times, partial last tile
-                        Case{2, 4099, 128, 1031}, Case{1, 1201, 64, 331}, Case{1, 515, 256, 257}}) {
-    Data d = MakeData(c.heads, c.n, c.dim, &rng);
-    std::vector<float> cent = RandomFloats(static_cast<size_t>(c.heads) * c.C * c.dim, &rng, -1, 1);
-    if (c.C > 2) std::fill(cent.begin() + c.dim, cent.begin() + 2 * c.dim, 0.0f);  // a zero centroid scores 0
-    auto dcent = DeviceArray<float>::FromHost(cent);
-    DeviceArray<int32_t> labels(static_cast<size_t>(c.heads) * c.n);
-    DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(c.heads, c.n, c.C, c.dim));
-    ASSERT_TRUE(KMeansAssign(d.View(), dcent.get(), c.C, labels.get(), ws.get(), ws.size(), stream()).ok());
-    std::vector<int32_t> got = labels.ToHost();
-    int exact = 0;
-    for (int h = 0; h < c.heads; ++h) {
-      std::vector<double> inv(c.C);
-      for (int k = 0; k < c.C; ++k) {
-        double ss = 0;
-        for (int e = 0; e < c.dim; ++e) ss += double(cent[(size_t(h) * c.C + k) * c.dim + e]) * cent[(size_t(h) * c.C + k) * c.dim + e];
-        inv[k] = ss > 0 ? 1.0 / std::sqrt(ss) : 0.0;
-      }
-      for (int i = 0; i < c.n; ++i) {
-        const float* p = d.Point(h, i);
-        double pn = 0, best = -1e300;
-        int arg = 0;
-        std::vector<double> score(c.C);
+  for (const KMeansAssignKernel kernel : DeviceAssignKernels()) {
+    SCOPED_TRACE(kernel == KMeansAssignKernel::kWgmma ? "wgmma" : "mma.sync");
+    std::mt19937 rng(31);
+    struct Case {
+      int heads, n, dim, C;
+    };
+    for (const Case& c : {Case{1, 1, 64, 1}, Case{3, 7, 64, 7}, Case{8, 97, 128, 33}, Case{2, 1000, 128, 200},
+                          Case{1, 333, 256, 97}, Case{3, 150, 128, 129},
+                          // many CTAs and centroid tiles: the tile ring wraps around several times, partial last tile
+                          Case{2, 4099, 128, 1031}, Case{1, 1201, 64, 331}, Case{1, 515, 256, 257},
+                          // more than one 256-point CTA with a partial last one, a single partial centroid tile
+                          Case{3, 777, 128, 65}, Case{1, 300, 256, 5}}) {
+      Data d = MakeData(c.heads, c.n, c.dim, &rng);
+      std::vector<float> cent = RandomFloats(static_cast<size_t>(c.heads) * c.C * c.dim, &rng, -1, 1);
+      if (c.C > 2) std::fill(cent.begin() + c.dim, cent.begin() + 2 * c.dim, 0.0f);  // a zero centroid scores 0
+      auto dcent = DeviceArray<float>::FromHost(cent);
+      DeviceArray<int32_t> labels(static_cast<size_t>(c.heads) * c.n);
+      DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(c.heads, c.n, c.C, c.dim));
+      ASSERT_TRUE(KMeansAssign(d.View(), dcent.get(), c.C, labels.get(), ws.get(), ws.size(), stream(), kernel).ok());
+      std::vector<int32_t> got = labels.ToHost();
+      int exact = 0;
+      for (int h = 0; h < c.heads; ++h) {
+        std::vector<double> inv(c.C);
         for (int k = 0; k < c.C; ++k) {
-          double s = 0;
-          for (int e = 0; e < c.dim; ++e) s += double(p[e]) * cent[(size_t(h) * c.C + k) * c.dim + e];
-          score[k] = s * inv[k];
-          if (score[k] > best) best = score[k], arg = k;
+          double ss = 0;
+          for (int e = 0; e < c.dim; ++e)
+            ss += double(cent[(size_t(h) * c.C + k) * c.dim + e]) * cent[(size_t(h) * c.C + k) * c.dim + e];
+          inv[k] = ss > 0 ? 1.0 / std::sqrt(ss) : 0.0;
         }
-        for (int e = 0; e < c.dim; ++e) pn += double(p[e]) * p[e];
-        const int32_t l = got[size_t(h) * c.n + i];
-        ASSERT_GE(l, 0);
-        ASSERT_LT(l, c.C);
-        // bf16 rounding of the normalised centroids moves each score by at most 2^-9 |p|.
-        EXPECT_GE(score[l], best - 1.05 * std::sqrt(pn) / 256.0) << "head " << h << " point " << i << " label " << l
-                                                                  << " best " << arg;
-        exact += l == arg;
+        for (int i = 0; i < c.n; ++i) {
+          const float* p = d.Point(h, i);
+          double pn = 0, best = -1e300;
+          int arg = 0;
+          std::vector<double> score(c.C);
+          for (int k = 0; k < c.C; ++k) {
+            double s = 0;
+            for (int e = 0; e < c.dim; ++e) s += double(p[e]) * cent[(size_t(h) * c.C + k) * c.dim + e];
+            score[k] = s * inv[k];
+            if (score[k] > best) best = score[k], arg = k;
+          }
+          for (int e = 0; e < c.dim; ++e) pn += double(p[e]) * p[e];
+          const int32_t l = got[size_t(h) * c.n + i];
+          ASSERT_GE(l, 0);
+          ASSERT_LT(l, c.C);
+          // bf16 rounding of the normalised centroids moves each score by at most 2^-9 |p|.
+          EXPECT_GE(score[l], best - 1.05 * std::sqrt(pn) / 256.0)
+              << "head " << h << " point " << i << " label " << l << " best " << arg;
+          exact += l == arg;
+        }
       }
+      EXPECT_GE(exact, 0.9 * c.heads * c.n) << "most labels should match the fp64 argmax exactly";
     }
-    EXPECT_GE(exact, 0.9 * c.heads * c.n) << "most labels should match the fp64 argmax exactly";
+  }
+}
+
+// Both kernels multiply the same bf16 operands in fp32: on data without exact ties they give the same labels.
+TEST_F(KMeansTest, AssignKernelsAgree) {
+  const std::vector<KMeansAssignKernel> kernels = DeviceAssignKernels();
+  if (kernels.size() < 2) {
+    DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(1, 8, 2, 64));
+    Data d = [] {
+      std::mt19937 r(1);
+      return MakeData(1, 8, 64, &r);
+    }();
+    auto cent = DeviceArray<float>::FromHost(std::vector<float>(2 * 64, 1.0f));
+    DeviceArray<int32_t> labels(8);
+    EXPECT_EQ(
+        KMeansAssign(d.View(), cent.get(), 2, labels.get(), ws.get(), ws.size(), stream(), KMeansAssignKernel::kWgmma)
+            .code(),
+        absl::StatusCode::kFailedPrecondition);
+    GTEST_SKIP() << "no wgmma on this device";
+  }
+  std::mt19937 rng(35);
+  for (const int dim : {64, 128, 256}) {
+    const int heads = 2, n = 3001, C = 517;
+    Data d = MakeData(heads, n, dim, &rng);
+    auto cent = DeviceArray<float>::FromHost(RandomFloats(static_cast<size_t>(heads) * C * dim, &rng, -1, 1));
+    DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(heads, n, C, dim));
+    std::vector<std::vector<int32_t>> got;
+    for (const KMeansAssignKernel kernel : kernels) {
+      DeviceArray<int32_t> labels(static_cast<size_t>(heads) * n);
+      labels.Poison();
+      ASSERT_TRUE(KMeansAssign(d.View(), cent.get(), C, labels.get(), ws.get(), ws.size(), stream(), kernel).ok());
+      got.push_back(labels.ToHost());
+    }
+    size_t same = 0;
+    for (size_t i = 0; i < got[0].size(); ++i) same += got[0][i] == got[1][i];
+    EXPECT_GE(same, got[0].size() - got[0].size() / 1000) << "dim " << dim;
   }
 }
 
@@ -103,14 +155,16 @@ TEST_F(KMeansTest, UpdateIsTheMeanOfMembers) {
     std::vector<int32_t> labels(size_t(c.heads) * c.n);
     for (auto& l : labels) l = static_cast<int32_t>(rng() % c.C);
     if (c.C > 3) {
-      for (auto& l : labels) if (l == 3) l = 2;  // cluster 3 is empty: keeps its centroid
+      for (auto& l : labels)
+        if (l == 3) l = 2;  // cluster 3 is empty: keeps its centroid
     }
     std::vector<float> old = RandomFloats(size_t(c.heads) * c.C * c.dim, &rng, 5, 6);
     auto dlabels = DeviceArray<int32_t>::FromHost(labels);
     auto dcent = DeviceArray<float>::FromHost(old);
     DeviceArray<int32_t> sizes(size_t(c.heads) * c.C);
     DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(c.heads, c.n, c.C, c.dim));
-    ASSERT_TRUE(KMeansUpdate(d.View(), dlabels.get(), c.C, dcent.get(), sizes.get(), ws.get(), ws.size(), stream()).ok());
+    ASSERT_TRUE(
+        KMeansUpdate(d.View(), dlabels.get(), c.C, dcent.get(), sizes.get(), ws.get(), ws.size(), stream()).ok());
     std::vector<double> sum(size_t(c.heads) * c.C * c.dim, 0.0), sabs(sum.size(), 0.0);
     std::vector<int32_t> count(size_t(c.heads) * c.C, 0);
     for (int h = 0; h < c.heads; ++h) {
@@ -196,7 +250,8 @@ TEST_F(KMeansTest, RunRecoversSeparatedClusters) {
             absl::StatusCode::kInvalidArgument);
   // A workspace sized for fewer points (the update's sort needs one index per point) is refused, not overrun.
   EXPECT_EQ(KMeansRun(d.View(), C, 1, cent.get(), labels.get(), nullptr, ws.get(),
-                      KMeansWorkspaceBytes(heads, n / 2, C, dim), stream()).code(),
+                      KMeansWorkspaceBytes(heads, n / 2, C, dim), stream())
+                .code(),
             absl::StatusCode::kInvalidArgument);
   KMeansPoints bad = d.View();
   bad.dim = 96;
