@@ -360,7 +360,7 @@ void Run() {
   }
 
   // ---- Prefill attention ---------------------------------------------------------------------------------------
-  auto prefill_case = [&](const std::string& name, int32_t chunk, int64_t ctx_tokens) {
+  auto prefill_case = [&](const std::string& name, int32_t chunk, int64_t ctx_tokens, PrefillKernel kernel) {
     DeviceBuffer q = Alloc(size_t(chunk) * hq * d * 2), k = Alloc(size_t(chunk) * hkv * d * 2),
                  v = Alloc(size_t(chunk) * hkv * d * 2), out = Alloc(size_t(chunk) * hq * d * 2);
     BENCH_CHECK(FillUniformBf16(q.as<bf16>(), int64_t(chunk) * hq * d, 10, 1.0f, s));
@@ -391,15 +391,21 @@ void Run() {
     a.head_dim = d;
     a.pos0 = ctx_tokens;
     a.scale = scale;
+    a.kernel = kernel;
     const double ms = TimeMs(s, [&](int) { BENCH_CHECK(PrefillAttention(a, up.plan, up.dev.data(), s)); }, 5, 5);
     // Visible (query, key) pairs: every context key plus the causal half of the chunk.
     const double pairs = double(chunk) * ctx_tokens + double(chunk) * (chunk + 1) / 2;
     const double tflops = 4.0 * pairs * d * hq / (ms * 1e-3) / 1e12;
-    Report(name, tflops, "TFLOP/s", tflops / gemm_tflops, "measured GEMM");
+    Report(name, tflops, "TFLOP/s", tflops / gemm_tflops,
+           kernel == PrefillKernel::kMmaSync ? "measured GEMM (the mma.sync kernel)"
+                                             : "measured GEMM (the default kernel: wgmma on sm_90)");
   };
   if (Wanted("prefill")) {
-    prefill_case("prefill_causal_4096", 4096, 0);
-    prefill_case("prefill_1024_over_16k_pages", 1024, 16384);
+    for (const PrefillKernel kernel : {PrefillKernel::kAuto, PrefillKernel::kMmaSync}) {
+      const std::string tag = kernel == PrefillKernel::kMmaSync ? "_mmasync" : "";
+      prefill_case("prefill_causal_4096" + tag, 4096, 0, kernel);
+      prefill_case("prefill_1024_over_16k_pages" + tag, 1024, 16384, kernel);
+    }
   }
 
   // ---- K-means: 8 KV heads x 32k keys; C = 1024 (ours: 32 tokens per cluster) and 400 (ClusterKV's at 32k) ----

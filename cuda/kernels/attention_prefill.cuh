@@ -8,14 +8,15 @@
 // share every K/V tile. 4 warps own 16 rows each. Per key tile of 64: S = Q K^T and O += P V run on bf16 tensor cores
 // (mma.sync m16n8k16, fp32 accumulate; A and B fragments from shared memory by ldmatrix), with the online softmax
 // (running max and sum, log2 domain) kept in the accumulator fragments. K/V tiles are double-buffered: while the CTA
-// computes tile t, its threads have already looked up tile t + 1's rows and issued their cp.async copies (two
-// threads per key row). Tiles every row of the CTA sees whole (no window, no causal cut, no padding rows) skip the
+// computes tile t, its threads have already looked up tile t + 1's rows and issued their cp.async copies (whole rows
+// per copy instruction: LoadPrefillTile). Tiles every row of the CTA sees whole (no window, no causal cut, no padding rows) skip the
 // mask.
 #ifndef LIVEKV_CUDA_KERNELS_ATTENTION_PREFILL_CUH_
 #define LIVEKV_CUDA_KERNELS_ATTENTION_PREFILL_CUH_
 
 #include "cuda/kernels/common.cuh"
 #include "cuda/kernels/kv_runs.cuh"
+#include "cuda/kernels/wgmma.cuh"
 
 namespace livekv {
 namespace cuda {
@@ -40,6 +41,56 @@ struct PrefillParams {
 template <int kD>
 constexpr size_t PrefillSharedBytes() {  // Q, then two buffers of K and V rows
   return 5 * static_cast<size_t>(kPrefillRows) * (kD + 8) * sizeof(bf16);
+}
+
+// Tile kt's 64 key rows (the context runs' keys first, then the chunk's own) into shared memory by cp.async, with
+// their positions into kpos (-1: none). Warp w copies rows w, w + 4, ..., w + 60: lane q < 16 looks up row w + 4q,
+// then each copy instruction moves whole rows (lane l: 16-byte chunk l % (kD / 8) of row l / (kD / 8) of the step;
+// 512 contiguous bytes per instruction at kD 128), so every 32-byte sector fetched is used. dst(row, chunk) is the
+// chunk's byte offset in the K (and V) tile. Rows past num_keys are zero-filled.
+template <int kD, typename Dst>
+__device__ __forceinline__ void LoadPrefillTile(const PrefillParams& p, int h, int run_lo, int run_hi, int ctx,
+                                                int64_t num_keys, int64_t kt, unsigned char* kd, unsigned char* vd,
+                                                int64_t* kpos, Dst dst) {
+  constexpr int kChunks = kD / 8;               // 16-byte chunks per row
+  constexpr int kRowsPerCopy = 32 / kChunks;    // rows one warp-wide copy covers
+  constexpr int kCopies = 16 / kRowsPerCopy;    // copies per warp for its 16 rows (each of K and V)
+  static_assert(kChunks <= 32 && 32 % kChunks == 0, "head_dim");
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const bf16* kp = nullptr;  // lane q < 16: its row's K and V (null past the keys)
+  const bf16* vp = nullptr;
+  if (lane < 16) {
+    const int row = warp + 4 * lane;
+    const int64_t idx = kt * kPrefillKeys + row;
+    int64_t pos = -1;
+    if (idx < ctx) {
+      const int r = FindRun(p.table.runs, run_lo, run_hi, static_cast<int>(idx));
+      const RunDesc& run = p.table.runs[r];
+      const int64_t off = idx - run.token_begin;
+      kp = run.k + off * kD;
+      vp = run.v + off * kD;
+      pos = run.first_position >= 0 ? run.first_position + off : -1;
+    } else if (idx < num_keys) {
+      const int64_t j = idx - ctx;
+      kp = p.k + (j * p.hkv + h) * kD;
+      vp = p.v + (j * p.hkv + h) * kD;
+      pos = p.pos0 + j;
+    }
+    kpos[row] = pos;
+  }
+  const int sub = lane / kChunks, chunk = lane % kChunks;
+#pragma unroll
+  for (int j = 0; j < kCopies; ++j) {
+    const int q = j * kRowsPerCopy + sub;  // the row's lookup lane
+    const bf16* kr = reinterpret_cast<const bf16*>(
+        __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(kp), q));
+    const bf16* vr = reinterpret_cast<const bf16*>(
+        __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(vp), q));
+    const uint32_t at = dst(warp + 4 * q, chunk);
+    const bool valid = kr != nullptr;
+    CpAsync16(kd + at, valid ? kr + chunk * 8 : p.k, valid ? 16 : 0);
+    CpAsync16(vd + at, valid ? vr + chunk * 8 : p.k, valid ? 16 : 0);
+  }
 }
 
 // grid: (ceil(n * group / 64), hkv); block: 128; dynamic shared memory PrefillSharedBytes<kD>().
@@ -69,37 +120,10 @@ static __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillP
   const int64_t first_token = row0 / p.group;
   const int64_t seen_by_all = p.window > 0 || row0 + kPrefillRows > total_rows ? 0 : ctx + first_token + 1;
 
-  // Tile `kt` into buffer `buf`: thread pair (2r, 2r + 1) copies key row r, half of its chunks each.
-  const int crow = tid >> 1, chalf = tid & 1;
   auto load_tile = [&](int64_t kt, int buf) {
-    const int64_t idx = kt * kPrefillKeys + crow;
-    const bf16* kp = p.k;  // any valid address: a zero-byte source is not read
-    const bf16* vp = p.k;
-    int64_t pos = -1;
-    bool valid = true;
-    if (idx < ctx) {
-      const int r = FindRun(p.table.runs, run_lo, run_hi, static_cast<int>(idx));
-      const RunDesc& run = p.table.runs[r];
-      const int64_t off = idx - run.token_begin;
-      kp = run.k + off * kD;
-      vp = run.v + off * kD;
-      pos = run.first_position >= 0 ? run.first_position + off : -1;
-    } else if (idx < num_keys) {
-      const int64_t j = idx - ctx;
-      kp = p.k + (j * p.hkv + h) * kD;
-      vp = p.v + (j * p.hkv + h) * kD;
-      pos = p.pos0 + j;
-    } else {
-      valid = false;
-    }
-    if (chalf == 0) s_kpos[buf][crow] = pos;
-    bf16* kd = kvs + 2 * buf * kTileElems + crow * kStride;
-    bf16* vd = kd + kTileElems;
-#pragma unroll
-    for (int c = chalf * (kChunks / 2); c < (chalf + 1) * (kChunks / 2); ++c) {
-      CpAsync16(kd + c * 8, valid ? kp + c * 8 : kp, valid ? 16 : 0);
-      CpAsync16(vd + c * 8, valid ? vp + c * 8 : vp, valid ? 16 : 0);
-    }
+    unsigned char* kd = reinterpret_cast<unsigned char*>(kvs + 2 * buf * kTileElems);
+    LoadPrefillTile<kD>(p, h, run_lo, run_hi, ctx, num_keys, kt, kd, kd + kTileElems * sizeof(bf16), s_kpos[buf],
+                        [](int row, int chunk) { return static_cast<uint32_t>((row * kStride + chunk * 8) * 2); });
   };
   load_tile(0, 0);
   CpAsyncCommit();
@@ -265,6 +289,211 @@ static __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillP
       *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) = __floats2bfloat162_rn(o[dt][2] * invb, o[dt][3] * invb);
     }
   }
+}
+
+// ---- The same on Hopper: wgmma (sm_90a; head_dim 64 and 128) ---------------------------------------------------
+// PrefillKernel's work split, tiles, loads and softmax, with its 4 warps as one warpgroup: S (64 rows x 64 keys) =
+// 8 MMAs of m64n64k16 per tile with Q and K from shared memory (K-major, 128-byte swizzle: wgmma.cuh), and O += P V
+// = 4 MMAs of m64n{kD}k16 with P from registers (the S accumulators repacked as A fragments, as PrefillKernel does)
+// and V MN-major from shared memory (its key rows as stored: the same swizzled layout as K). The accumulators have
+// PrefillKernel's fragment layout per 8-column n-tile, so the mask and the online softmax are the same code.
+template <int kD>
+constexpr size_t PrefillWgmmaSharedBytes() {  // + 1 KB to align the operand blocks; Q, then two buffers of K and V
+  return 1024 + 5 * static_cast<size_t>(kPrefillRows) * kD * sizeof(bf16);
+}
+
+// grid: (ceil(n * group / 64), hkv); block: 128; dynamic shared memory PrefillWgmmaSharedBytes<kD>().
+template <int kD>
+static __global__ void __launch_bounds__(kPrefillThreads) PrefillWgmmaKernel(PrefillParams p) {
+#if LIVEKV_HAS_WGMMA
+  static_assert(kD == 64 || kD == 128, "head_dim 64 or 128");
+  constexpr int kChunks = kD / 8;                    // 16-byte chunks per row
+  constexpr uint32_t kBlock = kPrefillRows * 128;    // one 64-element column block of 64 rows (Q, K or V)
+  constexpr uint32_t kTileBytes = (kD / 64) * kBlock;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (SharedAddress(smem_raw) & 1023)) & 1023);
+  unsigned char* qs = smem;
+  unsigned char* kvs = smem + kTileBytes;  // buffer b: K at kvs + 2b * kTileBytes, V after it
+  __shared__ int64_t s_kpos[2][kPrefillKeys];
+
+  const int h = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t total_rows = static_cast<int64_t>(p.n) * p.group;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kPrefillRows;
+
+  const int run_lo = p.table.slot_runs[h], run_hi = p.table.slot_runs[h + 1];
+  const int ctx = p.table.slot_tokens[h];
+  const int64_t last_row = min(row0 + kPrefillRows - 1, total_rows - 1);
+  const int64_t num_keys = ctx + last_row / p.group + 1;
+  const int64_t num_tiles = (num_keys + kPrefillKeys - 1) / kPrefillKeys;
+  const int64_t first_token = row0 / p.group;
+  const int64_t seen_by_all = p.window > 0 || row0 + kPrefillRows > total_rows ? 0 : ctx + first_token + 1;
+
+  auto load_tile = [&](int64_t kt, int buf) {
+    unsigned char* kd = kvs + 2 * buf * kTileBytes;
+    LoadPrefillTile<kD>(p, h, run_lo, run_hi, ctx, num_keys, kt, kd, kd + kTileBytes, s_kpos[buf],
+                        [](int row, int chunk) { return (chunk / 8) * kBlock + Swizzle128(row, chunk % 8); });
+  };
+  load_tile(0, 0);
+  CpAsyncCommit();
+
+  for (int i = tid; i < kPrefillRows * kChunks; i += kPrefillThreads) {
+    const int r = i / kChunks, c = i % kChunks;
+    const int64_t R = row0 + r;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (R < total_rows) {
+      const int64_t tq = R / p.group, hh = R % p.group;
+      val = *reinterpret_cast<const uint4*>(p.q + (tq * p.hq + h * p.group + hh) * kD + c * 8);
+    }
+    *reinterpret_cast<uint4*>(qs + (c / 8) * kBlock + Swizzle128(r, c % 8)) = val;
+  }
+  FenceProxyAsync();  // Q's stores, for the MMAs (published by the loop's first barriers)
+
+  const int ra = warp * 16 + g, rb = ra + 8;  // this thread's two rows within the tile
+  const bool va = row0 + ra < total_rows, vb = row0 + rb < total_rows;
+  const int64_t tqa = (row0 + ra) / p.group, tqb = (row0 + rb) / p.group;
+  const uint32_t q_addr = SharedAddress(qs), kv_addr = SharedAddress(kvs);
+
+  float o[kD / 2];  // n-tile dt (columns 8dt ..): o[4dt + 0..1] row ra, o[4dt + 2..3] row rb
+#pragma unroll
+  for (int i = 0; i < kD / 2; ++i) o[i] = 0.0f;
+  float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
+
+  for (int64_t kt = 0; kt < num_tiles; ++kt) {
+    const int buf = static_cast<int>(kt & 1);
+    __syncthreads();  // tile kt - 1 (buffer buf ^ 1) is no longer read
+    if (kt + 1 < num_tiles) load_tile(kt + 1, buf ^ 1);
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    FenceProxyAsync();
+    __syncthreads();  // every thread's copies of tile kt have landed, visible to the MMAs
+    const uint32_t k_addr = kv_addr + 2 * buf * kTileBytes, v_addr = k_addr + kTileBytes;
+
+    // S = Q K^T (64 rows x 64 keys): s[4nt + 0..1] = row ra, keys 8nt + 2t ..; s[4nt + 2..3] = row rb.
+    float s[32];
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      const uint32_t koff = (kk / 4) * kBlock + (kk % 4) * 32;
+      WgmmaM64N64K16(s, WgmmaDescriptor(q_addr + koff), WgmmaDescriptor(k_addr + koff), kk > 0);
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();
+    WgmmaFenceOperands(s);
+
+    // Mask and scale; row maxima.
+    float mxa = -INFINITY, mxb = -INFINITY;
+    if ((kt + 1) * kPrefillKeys <= seen_by_all) {
+#pragma unroll
+      for (int i = 0; i < 32; i += 4) {
+        s[i] *= p.scale_log2;
+        s[i + 1] *= p.scale_log2;
+        s[i + 2] *= p.scale_log2;
+        s[i + 3] *= p.scale_log2;
+        mxa = fmaxf(mxa, fmaxf(s[i], s[i + 1]));
+        mxb = fmaxf(mxb, fmaxf(s[i + 2], s[i + 3]));
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = nt * 8 + 2 * t + (e & 1);
+          const int64_t idx = kt * kPrefillKeys + col;
+          const bool row_a = e < 2;
+          const int64_t tq = row_a ? tqa : tqb;
+          bool vis = (row_a ? va : vb) && idx < num_keys;
+          if (vis) {
+            if (idx >= ctx) {
+              const int64_t j = idx - ctx;
+              vis = j <= tq && (p.window <= 0 || tq - j < p.window);
+            } else if (p.window > 0) {
+              vis = (p.pos0 + tq) - s_kpos[buf][col] < p.window;
+            }
+          }
+          const float val = vis ? s[4 * nt + e] * p.scale_log2 : -INFINITY;
+          s[4 * nt + e] = val;
+          if (row_a) {
+            mxa = fmaxf(mxa, val);
+          } else {
+            mxb = fmaxf(mxb, val);
+          }
+        }
+      }
+    }
+    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
+    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
+    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
+    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
+    const float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+    const float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
+    const float alpha_a = exp2f(ma - ua), alpha_b = exp2f(mb - ub);
+    ma = na;
+    mb = nb;
+    float suma = 0.0f, sumb = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 32; i += 4) {
+      s[i] = exp2f(s[i] - ua);
+      s[i + 1] = exp2f(s[i + 1] - ua);
+      s[i + 2] = exp2f(s[i + 2] - ub);
+      s[i + 3] = exp2f(s[i + 3] - ub);
+      suma += s[i] + s[i + 1];
+      sumb += s[i + 2] + s[i + 3];
+    }
+    la = la * alpha_a + suma;  // per-thread partial row sums; reduced over the quad at the end
+    lb = lb * alpha_b + sumb;
+#pragma unroll
+    for (int i = 0; i < kD / 2; i += 4) {
+      o[i] *= alpha_a;
+      o[i + 1] *= alpha_a;
+      o[i + 2] *= alpha_b;
+      o[i + 3] *= alpha_b;
+    }
+
+    // O += P V: P (64 x 64 keys) from registers, 16 keys per MMA; V's k-step kk starts at key row 16kk.
+    uint32_t a[kPrefillKeys / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kPrefillKeys / 16; ++kk) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[kk][i] = PackBf16x2(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
+    }
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kPrefillKeys / 16; ++kk) {
+      WgmmaRegATransB<kD>(o, a[kk], WgmmaDescriptor(v_addr + kk * 16 * 128, kBlock), true);
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();
+    WgmmaFenceOperands(o);
+  }
+
+  la += __shfl_xor_sync(0xffffffffu, la, 1);
+  la += __shfl_xor_sync(0xffffffffu, la, 2);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+  const float inva = la > 0.0f ? 1.0f / la : 0.0f, invb = lb > 0.0f ? 1.0f / lb : 0.0f;
+  if (va) {
+    const int64_t hh = (row0 + ra) % p.group;
+    bf16* dst = p.out + (tqa * p.hq + h * p.group + hh) * kD + 2 * t;
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; ++dt) {
+      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
+          __floats2bfloat162_rn(o[4 * dt] * inva, o[4 * dt + 1] * inva);
+    }
+  }
+  if (vb) {
+    const int64_t hh = (row0 + rb) % p.group;
+    bf16* dst = p.out + (tqb * p.hq + h * p.group + hh) * kD + 2 * t;
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; ++dt) {
+      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
+          __floats2bfloat162_rn(o[4 * dt + 2] * invb, o[4 * dt + 3] * invb);
+    }
+  }
+#else
+  __trap();  // launched only on sm_90 devices, which run the sm_90a code
+#endif
 }
 
 }  // namespace kernels

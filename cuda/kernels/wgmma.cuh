@@ -37,11 +37,13 @@ __device__ __forceinline__ uint32_t SharedAddress(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// Descriptor of a K-major, 128-byte-swizzled operand whose 16-element k-step starts at shared address `addr`.
-__device__ __forceinline__ uint64_t WgmmaDescriptor(uint32_t addr) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(1) << 16) |  // leading offset: unused
-         (static_cast<uint64_t>(1024 >> 4) << 32) |                                           // 8-row groups
-         (static_cast<uint64_t>(1) << 62);                                                    // 128-byte swizzle
+// Descriptor of a 128-byte-swizzled operand whose 16-element k-step starts at shared address `addr`, 8-row groups
+// 1024 bytes apart. K-major: the rows are M or N, the leading byte offset is unused. MN-major (imm-trans 1; rows are
+// k, 64 M or N elements per row): `leading_bytes` is the distance between the 64-element column blocks.
+__device__ __forceinline__ uint64_t WgmmaDescriptor(uint32_t addr, uint32_t leading_bytes = 16) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(leading_bytes >> 4) << 16) |
+         (static_cast<uint64_t>(1024 >> 4) << 32) |  // 8-row groups
+         (static_cast<uint64_t>(1) << 62);           // 128-byte swizzle
 }
 
 // Orders this thread's generic-proxy shared-memory writes (st.shared, cp.async after its wait) before later
@@ -86,15 +88,30 @@ __device__ __forceinline__ void WgmmaM64N64K16(float (&d)[32], uint64_t a, uint6
 #endif
 }
 
-// The same with A (64 x 16) from registers: each warp of the group holds its 16 rows as the mma.sync A fragment
-// (common.cuh: a[0] = A[g][2t..], a[1] = A[g + 8][2t..], a[2] = A[g][2t + 8..], a[3] = A[g + 8][2t + 8..]).
-__device__ __forceinline__ void WgmmaM64N64K16(float (&d)[32], const uint32_t (&a)[4], uint64_t b, bool accumulate) {
+// d (64 x N fp32) = A (64 x 16) B (16 x N), plus d when `accumulate`: A from registers (each warp of the group holds
+// its 16 rows as the mma.sync A fragment of common.cuh: a[0] = A[g][2t..], a[1] = A[g + 8][2t..], a[2] = A[g][2t +
+// 8..], a[3] = A[g + 8][2t + 8..]), B MN-major in shared memory (its k rows hold N contiguous elements). N = 64, 128.
+template <int N>
+__device__ __forceinline__ void WgmmaRegATransB(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b, bool accumulate);
+template <>
+__device__ __forceinline__ void WgmmaRegATransB<64>(float (&d)[32], const uint32_t (&a)[4], uint64_t b, bool accumulate) {
 #if LIVEKV_HAS_WGMMA
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(static_cast<int>(accumulate)));
+#endif
+}
+template <>
+__device__ __forceinline__ void WgmmaRegATransB<128>(float (&d)[64], const uint32_t (&a)[4], uint64_t b, bool accumulate) {
+#if LIVEKV_HAS_WGMMA
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(static_cast<int>(accumulate)));
 #endif
 }

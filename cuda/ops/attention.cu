@@ -7,6 +7,7 @@
 #include "cuda/kernels/attention_decode.cuh"
 #include "cuda/kernels/attention_prefill.cuh"
 #include "cuda/runtime/cuda_status.h"
+#include "cuda/runtime/device.h"
 #include "cuda/runtime/launch.h"
 
 namespace livekv {
@@ -153,6 +154,19 @@ size_t Align256(size_t x) { return (x + 255) / 256 * 256; }
 // Workspace layout: [counters: int32 per (item, grid.y chunk)] [partial o] [partial (m, l)].
 size_t CounterBytes(int32_t num_items, int32_t group) {
   return Align256(static_cast<size_t>(num_items) * ((group + 7) / 8) * sizeof(int32_t));
+}
+
+template <int kD>
+absl::Status LaunchPrefillWgmma(const kn::PrefillParams& p, cudaStream_t stream) {
+  constexpr size_t smem = kn::PrefillWgmmaSharedBytes<kD>();
+  LIVEKV_RETURN_IF_ERROR(CudaStatus(cudaFuncSetAttribute(kn::PrefillWgmmaKernel<kD>,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                         static_cast<int>(smem)),
+                                    "cudaFuncSetAttribute(PrefillWgmmaKernel)"));
+  const int64_t rows = static_cast<int64_t>(p.n) * p.group;
+  dim3 grid(static_cast<unsigned>(kn::CeilDiv(rows, kn::kPrefillRows)), static_cast<unsigned>(p.hkv));
+  kn::PrefillWgmmaKernel<kD><<<grid, kn::kPrefillThreads, smem, stream>>>(p);
+  return LaunchStatus("PrefillWgmmaKernel");
 }
 
 template <int kD>
@@ -328,6 +342,16 @@ absl::Status PrefillAttention(const PrefillAttentionArgs& a, const KvPlan& plan,
   p.pos0 = a.pos0;
   p.scale_log2 = a.scale * kn::kLog2e;
   p.window = a.sliding_window;
+  bool wgmma = false;
+  if (a.kernel != PrefillKernel::kMmaSync) {
+    LIVEKV_ASSIGN_OR_RETURN(const bool sm90, CurrentDeviceIsSm90());
+    wgmma = sm90 && (a.head_dim == 64 || a.head_dim == 128);
+    if (a.kernel == PrefillKernel::kWgmma && !wgmma) {
+      return absl::FailedPreconditionError(absl::StrCat("prefill_attention: the wgmma kernel needs an sm_90 device ",
+                                                        "and head_dim 64 or 128; head_dim ", a.head_dim));
+    }
+  }
+  if (wgmma) return a.head_dim == 64 ? LaunchPrefillWgmma<64>(p, stream) : LaunchPrefillWgmma<128>(p, stream);
   switch (a.head_dim) {
     case 32: return LaunchPrefill<32>(p, stream);
     case 64: return LaunchPrefill<64>(p, stream);

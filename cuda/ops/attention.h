@@ -72,6 +72,10 @@ int DecodeCtasPerSm(int32_t head_dim, int32_t group, int stages = 0, DecodeKerne
 absl::Status DecodeAttention(const DecodeAttentionArgs& args, const KvPlan& plan, const void* plan_device,
                              void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
+// The prefill kernel. kAuto: wgmma on sm_90 devices for head_dim 64 and 128 (docs/gpu.md), mma.sync otherwise.
+// kWgmma where it does not apply is FAILED_PRECONDITION.
+enum class PrefillKernel { kAuto, kMmaSync, kWgmma };
+
 struct PrefillAttentionArgs {
   const __nv_bfloat16* q = nullptr;  // [n][num_q_heads][head_dim], post-RoPE
   const __nv_bfloat16* k = nullptr;  // [n][num_kv_heads][head_dim], the chunk's own keys, post-RoPE
@@ -84,6 +88,7 @@ struct PrefillAttentionArgs {
   int64_t pos0 = 0;                  // position of row 0
   float scale = 1.0f;
   int64_t sliding_window = 0;
+  PrefillKernel kernel = PrefillKernel::kAuto;
 };
 
 // REQUIRES: context_plan made for one sequence with num_kv_heads heads (its context may be empty);

@@ -15,6 +15,7 @@
 
 #include "common/thread_pool.h"
 #include "cuda/runtime/buffers.h"
+#include "cuda/runtime/device.h"
 #include "cuda/runtime/launch.h"
 #include "cuda/testing/test_util.h"
 #include "engine/backend.h"
@@ -364,10 +365,40 @@ TEST_F(AttentionTest, PrefillMatchesCpuReference) {
     p.pos0 = pos0;
     p.scale = a.scale;
     p.sliding_window = c.window;
-    ASSERT_TRUE(PrefillAttention(p, *plan, plan_dev.get(), stream()).ok()) << what;
-    // P is rounded to bf16 for the tensor-core P·V: up to 2^-9 of sum p|v| <= 2^-9 max|v| (=1), plus output rounding.
-    ExpectClose(ToFloat(dout.ToHost()), ref, 3e-3f, kBf16Eps, what);
+    // Both kernels where the device has wgmma (sm_90, head_dim 64 / 128); the mma.sync one everywhere.
+    std::vector<PrefillKernel> kernels = {PrefillKernel::kMmaSync};
+    if (*CurrentDeviceIsSm90() && (c.d == 64 || c.d == 128)) kernels.push_back(PrefillKernel::kWgmma);
+    for (const PrefillKernel kernel : kernels) {
+      const std::string which = what + (kernel == PrefillKernel::kWgmma ? " (wgmma)" : " (mma.sync)");
+      dout.Poison();
+      p.kernel = kernel;
+      ASSERT_TRUE(PrefillAttention(p, *plan, plan_dev.get(), stream()).ok()) << which;
+      // P is rounded to bf16 for the tensor-core P·V: up to 2^-9 of sum p|v| <= 2^-9 max|v| (=1), plus output rounding.
+      ExpectClose(ToFloat(dout.ToHost()), ref, 3e-3f, kBf16Eps, which);
+    }
   }
+}
+
+// Where the wgmma kernel does not apply, asking for it is refused.
+TEST_F(AttentionTest, PrefillWgmmaOutsideItsShapesIsRefused) {
+  std::mt19937 rng(29);
+  auto cx = MakeContext(Lengths(1, {1}, 0, 1), 32, false, &rng);
+  std::vector<const ContextKv*> ctxs = {&cx->device};
+  auto plan = KvPlan::Create(ctxs, 1, 32, {}, absl::Span<const int64_t>());
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  auto plan_dev = Upload(*plan);
+  DeviceArray<bf16> q(32), k(32), v(32), out(32);
+  PrefillAttentionArgs p;
+  p.q = q.get();
+  p.k = k.get();
+  p.v = v.get();
+  p.out = out.get();
+  p.n = 1;
+  p.num_q_heads = 1;
+  p.num_kv_heads = 1;
+  p.head_dim = 32;
+  p.kernel = PrefillKernel::kWgmma;
+  EXPECT_EQ(PrefillAttention(p, *plan, plan_dev.get(), stream()).code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

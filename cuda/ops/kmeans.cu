@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "cuda/kernels/kmeans.cuh"
 #include "cuda/runtime/cuda_status.h"
+#include "cuda/runtime/device.h"
 
 namespace livekv {
 namespace cuda {
@@ -75,16 +76,11 @@ absl::Status CheckWorkspace(void* ws, size_t bytes, const KMeansPoints& p, int32
 // Whether the assignment runs AssignWgmmaKernel on the current device.
 absl::StatusOr<bool> UseWgmma(KMeansAssignKernel kernel) {
   if (kernel == KMeansAssignKernel::kMmaSync) return false;
-  int device = 0, major = 0, minor = 0;
-  LIVEKV_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  LIVEKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  LIVEKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  const bool hopper = major == 9 && minor == 0;  // the build's sm_90a code; wgmma is not in its compute_90 PTX
-  if (kernel == KMeansAssignKernel::kWgmma && !hopper) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("kmeans: the wgmma assignment needs an sm_90 device; this one is sm_", major, minor));
+  LIVEKV_ASSIGN_OR_RETURN(const bool sm90, CurrentDeviceIsSm90());
+  if (kernel == KMeansAssignKernel::kWgmma && !sm90) {
+    return absl::FailedPreconditionError("kmeans: the wgmma assignment needs an sm_90 device");
   }
-  return hopper;
+  return sm90;
 }
 
 template <int kD>

@@ -40,6 +40,14 @@ absl::StatusOr<DeviceInfo> GetDeviceInfo(int device) {
   return info;
 }
 
+absl::StatusOr<bool> CurrentDeviceIsSm90() {
+  int device = 0, major = 0, minor = 0;
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return major == 9 && minor == 0;
+}
+
 std::string DescribeDevice(const DeviceInfo& i) {
   return absl::StrFormat("%s (sm_%d%d, %d SMs, %.1f GiB, L2 %.0f MiB, smem/block %zu KiB, driver %d, runtime %d)",
                          i.name, i.cc_major, i.cc_minor, i.multiprocessors,

@@ -33,6 +33,11 @@ struct DeviceInfo {
 // Properties of `device`. INVALID_ARGUMENT for an ordinal out of range; UNAVAILABLE without a driver.
 absl::StatusOr<DeviceInfo> GetDeviceInfo(int device);
 
+// Whether the current device is sm_90 (Hopper), so it runs the build's sm_90a code with wgmma (the k-means
+// assignment's and the prefill attention's fastest kernels). The build's compute_90 PTX, which newer devices
+// compile at load time, has no wgmma: kernels that use it are picked only where this is true.
+absl::StatusOr<bool> CurrentDeviceIsSm90();
+
 // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB, L2 50 MiB, driver 13000, runtime 13000)".
 std::string DescribeDevice(const DeviceInfo& info);
 
