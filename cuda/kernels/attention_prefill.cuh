@@ -9,8 +9,8 @@
 // (mma.sync m16n8k16, fp32 accumulate; A and B fragments from shared memory by ldmatrix), with the online softmax
 // (running max and sum, log2 domain) kept in the accumulator fragments. K/V tiles are double-buffered: while the CTA
 // computes tile t, its threads have already looked up tile t + 1's rows and issued their cp.async copies (whole rows
-// per copy instruction: LoadPrefillTile). Tiles every row of the CTA sees whole (no window, no causal cut, no padding rows) skip the
-// mask.
+// per copy instruction: LoadPrefillTile). Tiles every row of the CTA sees whole (no window, no causal cut, no padding
+// rows) skip the mask.
 #ifndef LIVEKV_CUDA_KERNELS_ATTENTION_PREFILL_CUH_
 #define LIVEKV_CUDA_KERNELS_ATTENTION_PREFILL_CUH_
 
@@ -27,15 +27,15 @@ constexpr int kPrefillKeys = 64;  // keys per tile
 constexpr int kPrefillThreads = 128;
 
 struct PrefillParams {
-  const bf16* q;          // [n][hq][d], post-RoPE
-  const bf16* k;          // [n][hkv][d], the chunk's own keys (post-RoPE)
-  const bf16* v;          // [n][hkv][d]
-  bf16* out;              // [n][hq][d]
-  RunTableView table;     // slots = KV heads of this sequence; may have no runs
+  const bf16* q;       // [n][hq][d], post-RoPE
+  const bf16* k;       // [n][hkv][d], the chunk's own keys (post-RoPE)
+  const bf16* v;       // [n][hkv][d]
+  bf16* out;           // [n][hq][d]
+  RunTableView table;  // slots = KV heads of this sequence; may have no runs
   int32_t n, hq, hkv, group;
-  int64_t pos0;           // position of chunk row 0
-  float scale_log2;       // softmax scale * log2(e)
-  int64_t window;         // 0: none
+  int64_t pos0;      // position of chunk row 0
+  float scale_log2;  // softmax scale * log2(e)
+  int64_t window;    // 0: none
 };
 
 template <int kD>
@@ -44,23 +44,24 @@ constexpr size_t PrefillSharedBytes() {  // Q, then two buffers of K and V rows
 }
 
 // Tile kt's 64 key rows (the context runs' keys first, then the chunk's own) into shared memory by cp.async, with
-// their positions into kpos (-1: none). Warp w copies rows w, w + 4, ..., w + 60: lane q < 16 looks up row w + 4q,
-// then each copy instruction moves whole rows (lane l: 16-byte chunk l % (kD / 8) of row l / (kD / 8) of the step;
-// 512 contiguous bytes per instruction at kD 128), so every 32-byte sector fetched is used. dst(row, chunk) is the
-// chunk's byte offset in the K (and V) tile. Rows past num_keys are zero-filled.
-template <int kD, typename Dst>
+// their positions into kpos (-1: none), by kWarps warps. Warp w copies rows w, w + kWarps, ...: lane q looks up row
+// w + kWarps q, then each copy instruction moves whole rows (lane l: 16-byte chunk l % (kD / 8) of row l / (kD / 8) of
+// the step; 512 contiguous bytes per instruction at kD 128), so every 32-byte sector fetched is used. dst(row, chunk)
+// is the chunk's byte offset in the K (and V) tile. Rows past num_keys are zero-filled.
+template <int kD, int kWarps, typename Dst>
 __device__ __forceinline__ void LoadPrefillTile(const PrefillParams& p, int h, int run_lo, int run_hi, int ctx,
                                                 int64_t num_keys, int64_t kt, unsigned char* kd, unsigned char* vd,
                                                 int64_t* kpos, Dst dst) {
-  constexpr int kChunks = kD / 8;               // 16-byte chunks per row
-  constexpr int kRowsPerCopy = 32 / kChunks;    // rows one warp-wide copy covers
-  constexpr int kCopies = 16 / kRowsPerCopy;    // copies per warp for its 16 rows (each of K and V)
-  static_assert(kChunks <= 32 && 32 % kChunks == 0, "head_dim");
+  constexpr int kChunks = kD / 8;             // 16-byte chunks per row
+  constexpr int kRowsPerCopy = 32 / kChunks;  // rows one warp-wide copy covers
+  constexpr int kRowsPerWarp = kPrefillKeys / kWarps;
+  constexpr int kCopies = kRowsPerWarp / kRowsPerCopy;  // copies per warp for its rows (each of K and V)
+  static_assert(kChunks <= 32 && 32 % kChunks == 0 && kRowsPerWarp % kRowsPerCopy == 0, "head_dim");
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const bf16* kp = nullptr;  // lane q < 16: its row's K and V (null past the keys)
+  const bf16* kp = nullptr;  // lane q < kRowsPerWarp: its row's K and V (null past the keys)
   const bf16* vp = nullptr;
-  if (lane < 16) {
-    const int row = warp + 4 * lane;
+  if (lane < kRowsPerWarp) {
+    const int row = warp + kWarps * lane;
     const int64_t idx = kt * kPrefillKeys + row;
     int64_t pos = -1;
     if (idx < ctx) {
@@ -82,11 +83,11 @@ __device__ __forceinline__ void LoadPrefillTile(const PrefillParams& p, int h, i
 #pragma unroll
   for (int j = 0; j < kCopies; ++j) {
     const int q = j * kRowsPerCopy + sub;  // the row's lookup lane
-    const bf16* kr = reinterpret_cast<const bf16*>(
-        __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(kp), q));
-    const bf16* vr = reinterpret_cast<const bf16*>(
-        __shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(vp), q));
-    const uint32_t at = dst(warp + 4 * q, chunk);
+    const bf16* kr =
+        reinterpret_cast<const bf16*>(__shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(kp), q));
+    const bf16* vr =
+        reinterpret_cast<const bf16*>(__shfl_sync(0xffffffffu, reinterpret_cast<unsigned long long>(vp), q));
+    const uint32_t at = dst(warp + kWarps * q, chunk);
     const bool valid = kr != nullptr;
     CpAsync16(kd + at, valid ? kr + chunk * 8 : p.k, valid ? 16 : 0);
     CpAsync16(vd + at, valid ? vr + chunk * 8 : p.k, valid ? 16 : 0);
@@ -122,8 +123,9 @@ static __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillP
 
   auto load_tile = [&](int64_t kt, int buf) {
     unsigned char* kd = reinterpret_cast<unsigned char*>(kvs + 2 * buf * kTileElems);
-    LoadPrefillTile<kD>(p, h, run_lo, run_hi, ctx, num_keys, kt, kd, kd + kTileElems * sizeof(bf16), s_kpos[buf],
-                        [](int row, int chunk) { return static_cast<uint32_t>((row * kStride + chunk * 8) * 2); });
+    LoadPrefillTile<kD, kPrefillThreads / 32>(
+        p, h, run_lo, run_hi, ctx, num_keys, kt, kd, kd + kTileElems * sizeof(bf16), s_kpos[buf],
+        [](int row, int chunk) { return static_cast<uint32_t>((row * kStride + chunk * 8) * 2); });
   };
   load_tile(0, 0);
   CpAsyncCommit();
@@ -292,53 +294,64 @@ static __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillP
 }
 
 // ---- The same on Hopper: wgmma (sm_90a; head_dim 64 and 128) ---------------------------------------------------
-// PrefillKernel's work split, tiles, loads and softmax, with its 4 warps as one warpgroup: S (64 rows x 64 keys) =
-// 8 MMAs of m64n64k16 per tile with Q and K from shared memory (K-major, 128-byte swizzle: wgmma.cuh), and O += P V
+// PrefillKernel's tiles, loads and softmax with 128 query rows per CTA: two warpgroups of 64 rows share each K/V tile
+// (half the tile traffic per FLOP). Per warpgroup and tile: S (64 rows x 64 keys) = 8 MMAs of m64n64k16 with Q and K
+// from shared memory (K-major, 128-byte swizzle: wgmma.cuh), and O += P V
 // = 4 MMAs of m64n{kD}k16 with P from registers (the S accumulators repacked as A fragments, as PrefillKernel does)
 // and V MN-major from shared memory (its key rows as stored: the same swizzled layout as K). The accumulators have
 // PrefillKernel's fragment layout per 8-column n-tile, so the mask and the online softmax are the same code.
+constexpr int kWgPrefillRows = 128;  // query rows per CTA: two warpgroups of 64 share each K/V tile
+constexpr int kWgPrefillThreads = 256;
+constexpr int kWgPrefillStages = 2;  // K/V tiles in shared memory: one in flight while one is consumed
+
 template <int kD>
-constexpr size_t PrefillWgmmaSharedBytes() {  // + 1 KB to align the operand blocks; Q, then two buffers of K and V
-  return 1024 + 5 * static_cast<size_t>(kPrefillRows) * kD * sizeof(bf16);
+constexpr size_t PrefillWgmmaSharedBytes() {  // + 1 KB to align the operand blocks; Q, then the K/V stages
+  return 1024 + (kWgPrefillRows + 2 * kWgPrefillStages * static_cast<size_t>(kPrefillKeys)) * kD * sizeof(bf16);
 }
 
-// grid: (ceil(n * group / 64), hkv); block: 128; dynamic shared memory PrefillWgmmaSharedBytes<kD>().
+// grid: (ceil(n * group / 128), hkv); block: 256; dynamic shared memory PrefillWgmmaSharedBytes<kD>().
 template <int kD>
-static __global__ void __launch_bounds__(kPrefillThreads) PrefillWgmmaKernel(PrefillParams p) {
+static __global__ void __launch_bounds__(kWgPrefillThreads, 2) PrefillWgmmaKernel(PrefillParams p) {
 #if LIVEKV_HAS_WGMMA
   static_assert(kD == 64 || kD == 128, "head_dim 64 or 128");
-  constexpr int kChunks = kD / 8;                    // 16-byte chunks per row
-  constexpr uint32_t kBlock = kPrefillRows * 128;    // one 64-element column block of 64 rows (Q, K or V)
+  constexpr int kChunks = kD / 8;                     // 16-byte chunks per row
+  constexpr uint32_t kQBlock = kWgPrefillRows * 128;  // one 64-element column block of Q's rows
+  constexpr uint32_t kBlock = kPrefillKeys * 128;     // ... of a K or V tile
   constexpr uint32_t kTileBytes = (kD / 64) * kBlock;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (SharedAddress(smem_raw) & 1023)) & 1023);
   unsigned char* qs = smem;
-  unsigned char* kvs = smem + kTileBytes;  // buffer b: K at kvs + 2b * kTileBytes, V after it
-  __shared__ int64_t s_kpos[2][kPrefillKeys];
+  unsigned char* kvs = smem + (kD / 64) * kQBlock;  // stage b: K at kvs + 2b * kTileBytes, V after it
+  __shared__ int64_t s_kpos[kWgPrefillStages][kPrefillKeys];
 
   const int h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int group = warp >> 2, wq = warp & 3;  // warpgroup, warp within it
   const int g = lane >> 2, t = lane & 3;
   const int64_t total_rows = static_cast<int64_t>(p.n) * p.group;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kPrefillRows;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kWgPrefillRows;
 
   const int run_lo = p.table.slot_runs[h], run_hi = p.table.slot_runs[h + 1];
   const int ctx = p.table.slot_tokens[h];
-  const int64_t last_row = min(row0 + kPrefillRows - 1, total_rows - 1);
+  const int64_t last_row = min(row0 + kWgPrefillRows - 1, total_rows - 1);
   const int64_t num_keys = ctx + last_row / p.group + 1;
   const int64_t num_tiles = (num_keys + kPrefillKeys - 1) / kPrefillKeys;
   const int64_t first_token = row0 / p.group;
-  const int64_t seen_by_all = p.window > 0 || row0 + kPrefillRows > total_rows ? 0 : ctx + first_token + 1;
+  const int64_t seen_by_all = p.window > 0 || row0 + kWgPrefillRows > total_rows ? 0 : ctx + first_token + 1;
 
   auto load_tile = [&](int64_t kt, int buf) {
     unsigned char* kd = kvs + 2 * buf * kTileBytes;
-    LoadPrefillTile<kD>(p, h, run_lo, run_hi, ctx, num_keys, kt, kd, kd + kTileBytes, s_kpos[buf],
-                        [](int row, int chunk) { return (chunk / 8) * kBlock + Swizzle128(row, chunk % 8); });
+    LoadPrefillTile<kD, kWgPrefillThreads / 32>(
+        p, h, run_lo, run_hi, ctx, num_keys, kt, kd, kd + kTileBytes, s_kpos[buf],
+        [](int row, int chunk) { return (chunk / 8) * kBlock + Swizzle128(row, chunk % 8); });
   };
-  load_tile(0, 0);
-  CpAsyncCommit();
+#pragma unroll
+  for (int st = 0; st < kWgPrefillStages - 1; ++st) {  // one commit group per tile, empty past the last
+    if (st < num_tiles) load_tile(st, st);
+    CpAsyncCommit();
+  }
 
-  for (int i = tid; i < kPrefillRows * kChunks; i += kPrefillThreads) {
+  for (int i = tid; i < kWgPrefillRows * kChunks; i += kWgPrefillThreads) {
     const int r = i / kChunks, c = i % kChunks;
     const int64_t R = row0 + r;
     uint4 val = make_uint4(0, 0, 0, 0);
@@ -346,14 +359,14 @@ static __global__ void __launch_bounds__(kPrefillThreads) PrefillWgmmaKernel(Pre
       const int64_t tq = R / p.group, hh = R % p.group;
       val = *reinterpret_cast<const uint4*>(p.q + (tq * p.hq + h * p.group + hh) * kD + c * 8);
     }
-    *reinterpret_cast<uint4*>(qs + (c / 8) * kBlock + Swizzle128(r, c % 8)) = val;
+    *reinterpret_cast<uint4*>(qs + (c / 8) * kQBlock + Swizzle128(r, c % 8)) = val;
   }
   FenceProxyAsync();  // Q's stores, for the MMAs (published by the loop's first barriers)
 
-  const int ra = warp * 16 + g, rb = ra + 8;  // this thread's two rows within the tile
+  const int ra = group * 64 + wq * 16 + g, rb = ra + 8;  // this thread's two rows within the CTA's
   const bool va = row0 + ra < total_rows, vb = row0 + rb < total_rows;
   const int64_t tqa = (row0 + ra) / p.group, tqb = (row0 + rb) / p.group;
-  const uint32_t q_addr = SharedAddress(qs), kv_addr = SharedAddress(kvs);
+  const uint32_t q_addr = SharedAddress(qs) + group * 64 * 128, kv_addr = SharedAddress(kvs);  // this group's rows
 
   float o[kD / 2];  // n-tile dt (columns 8dt ..): o[4dt + 0..1] row ra, o[4dt + 2..3] row rb
 #pragma unroll
@@ -361,11 +374,13 @@ static __global__ void __launch_bounds__(kPrefillThreads) PrefillWgmmaKernel(Pre
   float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
 
   for (int64_t kt = 0; kt < num_tiles; ++kt) {
-    const int buf = static_cast<int>(kt & 1);
-    __syncthreads();  // tile kt - 1 (buffer buf ^ 1) is no longer read
-    if (kt + 1 < num_tiles) load_tile(kt + 1, buf ^ 1);
+    const int buf = static_cast<int>(kt % kWgPrefillStages);
+    __syncthreads();  // tile kt - 1's stage, refilled next, is no longer read
+    if (kt + kWgPrefillStages - 1 < num_tiles) {
+      load_tile(kt + kWgPrefillStages - 1, static_cast<int>((kt + kWgPrefillStages - 1) % kWgPrefillStages));
+    }
     CpAsyncCommit();
-    CpAsyncWait<1>();
+    CpAsyncWait<kWgPrefillStages - 1>();
     FenceProxyAsync();
     __syncthreads();  // every thread's copies of tile kt have landed, visible to the MMAs
     const uint32_t k_addr = kv_addr + 2 * buf * kTileBytes, v_addr = k_addr + kTileBytes;
@@ -375,8 +390,8 @@ static __global__ void __launch_bounds__(kPrefillThreads) PrefillWgmmaKernel(Pre
     WgmmaFence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
-      const uint32_t koff = (kk / 4) * kBlock + (kk % 4) * 32;
-      WgmmaM64N64K16(s, WgmmaDescriptor(q_addr + koff), WgmmaDescriptor(k_addr + koff), kk > 0);
+      WgmmaM64N64K16(s, WgmmaDescriptor(q_addr + (kk / 4) * kQBlock + (kk % 4) * 32),
+                     WgmmaDescriptor(k_addr + (kk / 4) * kBlock + (kk % 4) * 32), kk > 0);
     }
     WgmmaCommit();
     WgmmaWait<0>();
@@ -478,8 +493,7 @@ static __global__ void __launch_bounds__(kPrefillThreads) PrefillWgmmaKernel(Pre
     bf16* dst = p.out + (tqa * p.hq + h * p.group + hh) * kD + 2 * t;
 #pragma unroll
     for (int dt = 0; dt < kD / 8; ++dt) {
-      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
-          __floats2bfloat162_rn(o[4 * dt] * inva, o[4 * dt + 1] * inva);
+      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) = __floats2bfloat162_rn(o[4 * dt] * inva, o[4 * dt + 1] * inva);
     }
   }
   if (vb) {

@@ -164,8 +164,8 @@ absl::Status LaunchPrefillWgmma(const kn::PrefillParams& p, cudaStream_t stream)
                                                          static_cast<int>(smem)),
                                     "cudaFuncSetAttribute(PrefillWgmmaKernel)"));
   const int64_t rows = static_cast<int64_t>(p.n) * p.group;
-  dim3 grid(static_cast<unsigned>(kn::CeilDiv(rows, kn::kPrefillRows)), static_cast<unsigned>(p.hkv));
-  kn::PrefillWgmmaKernel<kD><<<grid, kn::kPrefillThreads, smem, stream>>>(p);
+  dim3 grid(static_cast<unsigned>(kn::CeilDiv(rows, kn::kWgPrefillRows)), static_cast<unsigned>(p.hkv));
+  kn::PrefillWgmmaKernel<kD><<<grid, kn::kWgPrefillThreads, smem, stream>>>(p);
   return LaunchStatus("PrefillWgmmaKernel");
 }
 
