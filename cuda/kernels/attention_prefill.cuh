@@ -334,12 +334,13 @@ static __global__ void __launch_bounds__(kWgPrefillThreads, 2) PrefillWgmmaKerne
   const int run_lo = p.table.slot_runs[h], run_hi = p.table.slot_runs[h + 1];
   const int ctx = p.table.slot_tokens[h];
   const int64_t last_row = min(row0 + kWgPrefillRows - 1, total_rows - 1);
-  const int64_t num_keys = ctx + last_row / p.group + 1;
-  const int64_t num_tiles = (num_keys + kPrefillKeys - 1) / kPrefillKeys;
-  const int64_t first_token = row0 / p.group;
-  const int64_t seen_by_all = p.window > 0 || row0 + kWgPrefillRows > total_rows ? 0 : ctx + first_token + 1;
+  // Key and token indices fit int32 (the plan's token counts are int32): fewer registers than int64 in the loop.
+  const int num_keys = ctx + static_cast<int>(last_row / p.group) + 1;
+  const int num_tiles = (num_keys + kPrefillKeys - 1) / kPrefillKeys;
+  const int first_token = static_cast<int>(row0 / p.group);
+  const int seen_by_all = p.window > 0 || row0 + kWgPrefillRows > total_rows ? 0 : ctx + first_token + 1;
 
-  auto load_tile = [&](int64_t kt, int buf) {
+  auto load_tile = [&](int kt, int buf) {
     unsigned char* kd = kvs + 2 * buf * kTileBytes;
     LoadPrefillTile<kD, kWgPrefillThreads / 32>(
         p, h, run_lo, run_hi, ctx, num_keys, kt, kd, kd + kTileBytes, s_kpos[buf],
@@ -365,7 +366,7 @@ static __global__ void __launch_bounds__(kWgPrefillThreads, 2) PrefillWgmmaKerne
 
   const int ra = group * 64 + wq * 16 + g, rb = ra + 8;  // this thread's two rows within the CTA's
   const bool va = row0 + ra < total_rows, vb = row0 + rb < total_rows;
-  const int64_t tqa = (row0 + ra) / p.group, tqb = (row0 + rb) / p.group;
+  const int tqa = static_cast<int>((row0 + ra) / p.group), tqb = static_cast<int>((row0 + rb) / p.group);
   const uint32_t q_addr = SharedAddress(qs) + group * 64 * 128, kv_addr = SharedAddress(kvs);  // this group's rows
 
   float o[kD / 2];  // n-tile dt (columns 8dt ..): o[4dt + 0..1] row ra, o[4dt + 2..3] row rb
@@ -373,7 +374,7 @@ static __global__ void __launch_bounds__(kWgPrefillThreads, 2) PrefillWgmmaKerne
   for (int i = 0; i < kD / 2; ++i) o[i] = 0.0f;
   float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
 
-  for (int64_t kt = 0; kt < num_tiles; ++kt) {
+  for (int kt = 0; kt < num_tiles; ++kt) {
     const int buf = static_cast<int>(kt % kWgPrefillStages);
     __syncthreads();  // tile kt - 1's stage, refilled next, is no longer read
     if (kt + kWgPrefillStages - 1 < num_tiles) {
@@ -415,13 +416,13 @@ static __global__ void __launch_bounds__(kWgPrefillThreads, 2) PrefillWgmmaKerne
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int col = nt * 8 + 2 * t + (e & 1);
-          const int64_t idx = kt * kPrefillKeys + col;
+          const int idx = kt * kPrefillKeys + col;
           const bool row_a = e < 2;
-          const int64_t tq = row_a ? tqa : tqb;
+          const int tq = row_a ? tqa : tqb;
           bool vis = (row_a ? va : vb) && idx < num_keys;
           if (vis) {
             if (idx >= ctx) {
-              const int64_t j = idx - ctx;
+              const int j = idx - ctx;
               vis = j <= tq && (p.window <= 0 || tq - j < p.window);
             } else if (p.window > 0) {
               vis = (p.pos0 + tq) - s_kpos[buf][col] < p.window;
