@@ -110,7 +110,8 @@ static __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillP
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int64_t total_rows = static_cast<int64_t>(p.n) * p.group;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kPrefillRows;
+  // Row tiles in reverse launch order: the last rows see the most keys, so the longest CTAs start first.
+  const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kPrefillRows;
 
   const int run_lo = p.table.slot_runs[h], run_hi = p.table.slot_runs[h + 1];
   const int ctx = p.table.slot_tokens[h];
@@ -329,7 +330,8 @@ static __global__ void __launch_bounds__(kWgPrefillThreads, 2) PrefillWgmmaKerne
   const int group = warp >> 2, wq = warp & 3;  // warpgroup, warp within it
   const int g = lane >> 2, t = lane & 3;
   const int64_t total_rows = static_cast<int64_t>(p.n) * p.group;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kWgPrefillRows;
+  // Row tiles in reverse launch order: the last rows see the most keys, so the longest CTAs start first.
+  const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kWgPrefillRows;
 
   const int run_lo = p.table.slot_runs[h], run_hi = p.table.slot_runs[h + 1];
   const int ctx = p.table.slot_tokens[h];
