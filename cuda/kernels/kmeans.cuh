@@ -26,7 +26,9 @@ struct PointsView {
   int64_t head_stride;
   int64_t row_stride;
   int32_t heads, n, dim;
-  __device__ __forceinline__ const bf16* Point(int h, int64_t i) const { return data + h * head_stride + i * row_stride; }
+  __device__ __forceinline__ const bf16* Point(int h, int64_t i) const {
+    return data + h * head_stride + i * row_stride;
+  }
 };
 
 // Early stop (KMeansRun with a stop fraction): control = {labels changed by the last assignment, stop}. Every
@@ -53,7 +55,7 @@ static __global__ void NormalizeRowsKernel(const float* c, bf16* out, int64_t ro
 constexpr int kAssignWarps = 4;
 constexpr int kAssignThreads = kAssignWarps * 32;
 constexpr int kAssignTileCols = 64;  // centroids per shared-memory tile
-constexpr int kAssignStages = 2;  // 70 KB of shared memory at d 128: three CTAs per SM
+constexpr int kAssignStages = 2;     // 70 KB of shared memory at d 128: three CTAs per SM
 
 template <int kD>
 struct AssignShape {
@@ -67,14 +69,49 @@ constexpr size_t AssignSharedBytes() {
   return static_cast<size_t>(AssignShape<kD>::kRows + kAssignStages * kAssignTileCols) * (kD + 8) * sizeof(bf16);
 }
 
+// The end of an assignment: each thread holds, for rows g and g + 8 (g = lane / 4) of its warp's 16 in each of kM
+// m-tiles (m-tile m's row 0 is point rows[m]), the best score and column over its quarter of the columns. The quad
+// reduces them (ties to the lower column) and its first lane stores the labels, counting them into `counts` and the
+// changed ones into control[0] (either may be null).
+template <int kM>
+__device__ __forceinline__ void StoreLabels(const PointsView& pts, int h, int32_t C, const int64_t (&rows)[kM],
+                                            float (&best)[kM][2], int (&idx)[kM][2], int32_t* labels, int32_t* counts,
+                                            int32_t* control) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  int changed = 0;
+#pragma unroll
+  for (int m = 0; m < kM; ++m) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+#pragma unroll
+      for (int off = 1; off <= 2; off *= 2) {
+        const float v = __shfl_xor_sync(0xffffffffu, best[m][r], off);
+        const int i = __shfl_xor_sync(0xffffffffu, idx[m][r], off);
+        if (v > best[m][r] || (v == best[m][r] && i < idx[m][r])) best[m][r] = v, idx[m][r] = i;
+      }
+      const int64_t row = rows[m] + r * 8 + g;
+      if (t == 0 && row < pts.n) {
+        int32_t* l = labels + static_cast<int64_t>(h) * pts.n + row;
+        if (control != nullptr) changed += *l != idx[m][r];
+        *l = idx[m][r];
+        if (counts != nullptr) atomicAdd(&counts[static_cast<int64_t>(h) * C + idx[m][r]], 1);
+      }
+    }
+  }
+  if (control != nullptr) {
+    changed = __reduce_add_sync(0xffffffffu, changed);
+    if (lane == 0 && changed > 0) atomicAdd(&control[0], changed);
+  }
+}
+
 // labels[h][i] = argmax_c points(h, i) . normalized[h][c]. grid: (ceil(n / AssignShape<kD>::kRows), heads);
 // block kAssignThreads; dynamic shared memory AssignSharedBytes<kD>().
 // With control: labels that differ from the previous contents are counted into control[0]. With counts: the
 // update's histogram, counts[h][label] += 1 per point (counts zero before).
 template <int kD>
-static __global__ void __launch_bounds__(kAssignThreads) AssignKernel(PointsView pts, const bf16* normalized, int32_t C,
-                                                                      int32_t* labels, int32_t* counts,
-                                                                      int32_t* control) {
+static __global__ void __launch_bounds__(kAssignThreads)
+    AssignKernel(PointsView pts, const bf16* normalized, int32_t C, int32_t* labels, int32_t* counts,
+                 int32_t* control) {
   if (KMeansStopped(control)) return;  // uniform over the CTA
   using Shape = AssignShape<kD>;
   constexpr int kStride = Shape::kStride, kM = Shape::kMTiles, kK = kD / 16;
@@ -84,7 +121,7 @@ static __global__ void __launch_bounds__(kAssignThreads) AssignKernel(PointsView
   bf16* cs = ps + Shape::kRows * kStride;
   const int h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, t = lane & 3;
+  const int t = lane & 3;
   const int64_t p0 = static_cast<int64_t>(blockIdx.x) * Shape::kRows;
   const bf16* cent = normalized + static_cast<int64_t>(h) * C * kD;
   const int tiles = CeilDiv(C, kAssignTileCols);
@@ -120,8 +157,8 @@ static __global__ void __launch_bounds__(kAssignThreads) AssignKernel(PointsView
   for (int m = 0; m < kM; ++m) {
 #pragma unroll
     for (int kk = 0; kk < kK; ++kk) {
-      LdMatrixX4(a[m][kk], ps + (warp_row + m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kStride + kk * 16 +
-                               (lane >> 4) * 8);
+      LdMatrixX4(a[m][kk],
+                 ps + (warp_row + m * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kStride + kk * 16 + (lane >> 4) * 8);
     }
   }
 
@@ -198,30 +235,10 @@ static __global__ void __launch_bounds__(kAssignThreads) AssignKernel(PointsView
       }
     }
   }
-  int changed = 0;
+  int64_t rows[kM];
 #pragma unroll
-  for (int m = 0; m < kM; ++m) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-#pragma unroll
-      for (int off = 1; off <= 2; off *= 2) {
-        const float v = __shfl_xor_sync(0xffffffffu, best[m][r], off);
-        const int i = __shfl_xor_sync(0xffffffffu, idx[m][r], off);
-        if (v > best[m][r] || (v == best[m][r] && i < idx[m][r])) best[m][r] = v, idx[m][r] = i;
-      }
-      const int64_t row = p0 + warp_row + m * 16 + r * 8 + g;
-      if (t == 0 && row < pts.n) {
-        int32_t* l = labels + static_cast<int64_t>(h) * pts.n + row;
-        if (control != nullptr) changed += *l != idx[m][r];
-        *l = idx[m][r];
-        if (counts != nullptr) atomicAdd(&counts[static_cast<int64_t>(h) * C + idx[m][r]], 1);
-      }
-    }
-  }
-  if (control != nullptr) {
-    changed = __reduce_add_sync(0xffffffffu, changed);
-    if (lane == 0 && changed > 0) atomicAdd(&control[0], changed);
-  }
+  for (int m = 0; m < kM; ++m) rows[m] = p0 + warp_row + m * 16;
+  StoreLabels<kM>(pts, h, C, rows, best, idx, labels, counts, control);
 }
 
 // The assignment on Hopper (sm_90a; AssignKernel elsewhere): the same contract, on wgmma. A CTA of two warpgroups
@@ -231,9 +248,9 @@ static __global__ void __launch_bounds__(kAssignThreads) AssignKernel(PointsView
 // first m-tile's row maxima (as AssignKernel does: the same fragment layout per 8-column n-tile) while the second's
 // run. Measured against alternatives on an H100 (docs/gpu.md): A from registers with four warpgroups of one m-tile
 // each was slower (380 against 440 TFLOP/s at C 1024), three stages no faster than two.
-constexpr int kWgAssignGroups = 2;                               // warpgroups per CTA
+constexpr int kWgAssignGroups = 2;  // warpgroups per CTA
 constexpr int kWgAssignThreads = 128 * kWgAssignGroups;
-constexpr int kWgAssignMTiles = 2;                               // 64-point m-tiles per warpgroup
+constexpr int kWgAssignMTiles = 2;                                     // 64-point m-tiles per warpgroup
 constexpr int kWgAssignRows = kWgAssignGroups * kWgAssignMTiles * 64;  // points per CTA
 
 template <int kD>
@@ -243,15 +260,15 @@ constexpr size_t WgAssignSharedBytes() {  // + 1 KB to align the operand blocks 
 
 // grid: (ceil(n / kWgAssignRows), heads); block kWgAssignThreads; dynamic shared memory WgAssignSharedBytes<kD>().
 template <int kD>
-static __global__ void __launch_bounds__(kWgAssignThreads) AssignWgmmaKernel(PointsView pts, const bf16* normalized,
-                                                                             int32_t C, int32_t* labels,
-                                                                             int32_t* counts, int32_t* control) {
+static __global__ void __launch_bounds__(kWgAssignThreads)
+    AssignWgmmaKernel(PointsView pts, const bf16* normalized, int32_t C, int32_t* labels, int32_t* counts,
+                      int32_t* control) {
 #if LIVEKV_HAS_WGMMA
-  if (KMeansStopped(control)) return;  // uniform over the CTA
-  constexpr int kBlocks = kD / 64;                              // 128-byte column blocks per row
-  constexpr int kChunks = kD / 8;                               // 16-byte chunks per row
-  constexpr uint32_t kPointBlock = kWgAssignRows * 128;         // bytes of one column block of the points
-  constexpr uint32_t kTileBlock = kAssignTileCols * 128;        // ... of one centroid tile
+  if (KMeansStopped(control)) return;                     // uniform over the CTA
+  constexpr int kBlocks = kD / 64;                        // 128-byte column blocks per row
+  constexpr int kChunks = kD / 8;                         // 16-byte chunks per row
+  constexpr uint32_t kPointBlock = kWgAssignRows * 128;   // bytes of one column block of the points
+  constexpr uint32_t kTileBlock = kAssignTileCols * 128;  // ... of one centroid tile
   constexpr uint32_t kTileBytes = kBlocks * kTileBlock;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (SharedAddress(smem_raw) & 1023)) & 1023);
@@ -260,7 +277,7 @@ static __global__ void __launch_bounds__(kWgAssignThreads) AssignWgmmaKernel(Poi
   const int h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int group = warp >> 2, wq = warp & 3;  // warpgroup, warp within it
-  const int g = lane >> 2, t = lane & 3;
+  const int t = lane & 3;
   const int64_t p0 = static_cast<int64_t>(blockIdx.x) * kWgAssignRows;
   const bf16* cent = normalized + static_cast<int64_t>(h) * C * kD;
   const int tiles = CeilDiv(C, kAssignTileCols);
@@ -306,8 +323,8 @@ static __global__ void __launch_bounds__(kWgAssignThreads) AssignWgmmaKernel(Poi
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
         const uint32_t koff = (kk / 4) * kPointBlock + (kk % 4) * 32;
-        WgmmaM64N64K16(s[m], WgmmaDescriptor(rows + koff),
-                       WgmmaDescriptor(cb + (kk / 4) * kTileBlock + (kk % 4) * 32), kk > 0);
+        WgmmaM64N64K16(s[m], WgmmaDescriptor(rows + koff), WgmmaDescriptor(cb + (kk / 4) * kTileBlock + (kk % 4) * 32),
+                       kk > 0);
       }
       WgmmaCommit();
     }
@@ -354,30 +371,10 @@ static __global__ void __launch_bounds__(kWgAssignThreads) AssignWgmmaKernel(Poi
     WgmmaFenceOperands(s[1]);
     take(1);
   }
-  int changed = 0;
+  int64_t rows[kWgAssignMTiles];
 #pragma unroll
-  for (int m = 0; m < kWgAssignMTiles; ++m) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-#pragma unroll
-      for (int off = 1; off <= 2; off *= 2) {
-        const float v = __shfl_xor_sync(0xffffffffu, best[m][r], off);
-        const int i = __shfl_xor_sync(0xffffffffu, idx[m][r], off);
-        if (v > best[m][r] || (v == best[m][r] && i < idx[m][r])) best[m][r] = v, idx[m][r] = i;
-      }
-      const int64_t row = p0 + (group * kWgAssignMTiles + m) * 64 + wq * 16 + r * 8 + g;
-      if (t == 0 && row < pts.n) {
-        int32_t* l = labels + static_cast<int64_t>(h) * pts.n + row;
-        if (control != nullptr) changed += *l != idx[m][r];
-        *l = idx[m][r];
-        if (counts != nullptr) atomicAdd(&counts[static_cast<int64_t>(h) * C + idx[m][r]], 1);
-      }
-    }
-  }
-  if (control != nullptr) {
-    changed = __reduce_add_sync(0xffffffffu, changed);
-    if (lane == 0 && changed > 0) atomicAdd(&control[0], changed);
-  }
+  for (int m = 0; m < kWgAssignMTiles; ++m) rows[m] = p0 + (group * kWgAssignMTiles + m) * 64 + wq * 16;
+  StoreLabels<kWgAssignMTiles>(pts, h, C, rows, best, idx, labels, counts, control);
 #else
   __trap();  // launched only on sm_90 devices, which run the sm_90a code
 #endif
@@ -411,8 +408,8 @@ static __global__ void HistogramKernel(const int32_t* labels, int32_t n, int32_t
 constexpr int kScanThreads = 1024;
 
 // cursor[h][c] = exclusive prefix sum of counts[h][:]. grid: heads; block kScanThreads.
-static __global__ void __launch_bounds__(kScanThreads) ScanKernel(const int32_t* counts, int32_t C, int32_t* cursor,
-                                                                  const int32_t* control) {
+static __global__ void __launch_bounds__(kScanThreads)
+    ScanKernel(const int32_t* counts, int32_t C, int32_t* cursor, const int32_t* control) {
   if (KMeansStopped(control)) return;
   __shared__ int32_t warp_total[kScanThreads / 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -485,13 +482,12 @@ constexpr int kMeanWarps = 8;
 
 // One warp per (head, cluster) row r: its members are order[h][ends[r] - counts[r] .. ends[r]). centroids[r] = their
 // fp32 mean (unchanged when empty); normalized[r] = centroids[r] / ||centroids[r]|| in bf16 (zero stays zero);
-// sizes[r] = counts[r] when sizes is not null; counts[r] = 0 after (ready for the next assignment's histogram). Lane l owns columns kD / 32 * l ... grid: ceil(rows / kMeanWarps);
-// block 32 * kMeanWarps.
+// sizes[r] = counts[r] when sizes is not null; counts[r] = 0 after (ready for the next assignment's histogram). Lane l
+// owns columns kD / 32 * l ... grid: ceil(rows / kMeanWarps); block 32 * kMeanWarps.
 template <int kD>
-static __global__ void __launch_bounds__(32 * kMeanWarps) MeanKernel(PointsView pts, const int32_t* order,
-                                                                   int32_t* counts, const int32_t* ends, int32_t C,
-                                                                   float* centroids, bf16* normalized, int32_t* sizes,
-                                                                   const int32_t* control) {
+static __global__ void __launch_bounds__(32 * kMeanWarps)
+    MeanKernel(PointsView pts, const int32_t* order, int32_t* counts, const int32_t* ends, int32_t C, float* centroids,
+               bf16* normalized, int32_t* sizes, const int32_t* control) {
   if (KMeansStopped(control)) return;
   constexpr int kN = kD / 32;
   const int lane = threadIdx.x & 31;
@@ -508,7 +504,8 @@ static __global__ void __launch_bounds__(32 * kMeanWarps) MeanKernel(PointsView 
     for (; j + 8 <= m; j += 8) {  // eight member rows in flight per warp
       float x[8][kN];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) LoadBf16Row<kN>(pts.Point(h, __shfl_sync(0xffffffffu, mine, j + u)) + lane * kN, x[u]);
+      for (int u = 0; u < 8; ++u)
+        LoadBf16Row<kN>(pts.Point(h, __shfl_sync(0xffffffffu, mine, j + u)) + lane * kN, x[u]);
 #pragma unroll
       for (int u = 0; u < 8; ++u)
 #pragma unroll
