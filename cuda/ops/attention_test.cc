@@ -367,7 +367,7 @@ TEST_F(AttentionTest, PrefillMatchesCpuReference) {
     p.sliding_window = c.window;
     // Both kernels where the device has wgmma (sm_90, head_dim 64 / 128); the mma.sync one everywhere.
     std::vector<PrefillKernel> kernels = {PrefillKernel::kMmaSync};
-    if (*CurrentDeviceIsSm90() && (c.d == 64 || c.d == 128)) kernels.push_back(PrefillKernel::kWgmma);
+    if (CurrentDeviceIsSm90().value_or(false) && (c.d == 64 || c.d == 128)) kernels.push_back(PrefillKernel::kWgmma);
     for (const PrefillKernel kernel : kernels) {
       const std::string which = what + (kernel == PrefillKernel::kWgmma ? " (wgmma)" : " (mma.sync)");
       dout.Poison();

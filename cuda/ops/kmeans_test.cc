@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda/runtime/device.h"
 #include "cuda/testing/test_util.h"
 
 namespace livekv {
@@ -41,11 +42,7 @@ Data MakeData(int heads, int n, int dim, std::mt19937* rng) {
 
 // The assignment kernels this device runs: mma.sync everywhere, wgmma on sm_90 (where kAuto picks it).
 std::vector<KMeansAssignKernel> DeviceAssignKernels() {
-  int device = 0, major = 0, minor = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  if (major == 9 && minor == 0) return {KMeansAssignKernel::kMmaSync, KMeansAssignKernel::kWgmma};
+  if (CurrentDeviceIsSm90().value_or(false)) return {KMeansAssignKernel::kMmaSync, KMeansAssignKernel::kWgmma};
   return {KMeansAssignKernel::kMmaSync};
 }
 
