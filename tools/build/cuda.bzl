@@ -59,6 +59,9 @@ def _cuda_objects_impl(ctx):
         outs.append(out)
         args = ctx.actions.args()
         args.add("-c")
+        # Intermediate files beside the object, not in /tmp: the sandbox shares /tmp, and nvcc names its temporary
+        # files after its PID, which is the same small number in every sandboxed action (parallel actions collided).
+        args.add("--objdir-as-tempdir")
         args.add_all(CUDA_GENCODE)
         args.add_all(CUDA_NVCC_FLAGS)
         args.add_all(ctx.attr.copts)
