@@ -187,6 +187,75 @@ TEST_F(KMeansTest, UpdateIsTheMeanOfMembers) {
   }
 }
 
+// Each round of KMeansRun ends with the member means of its assignment. On points with quarter-integer coordinates
+// every fp32 sum is exact whatever the order of the additions, so the clustering is deterministic: a run of k - 1
+// rounds returns the labels of a k-round run's k-th assignment, and the k-round run's centroids must be those
+// labels' member means (empty clusters keep the centroids of k - 1 rounds). Checked with each assignment kernel
+// after 1 to 4 rounds (the labels keep changing between rounds on these points), on partial CTAs, odd cluster
+// counts, and clusters of thousands of members.
+TEST_F(KMeansTest, RunCentroidsAreTheMeansOfTheLastAssignment) {
+  for (const KMeansAssignKernel kernel : DeviceAssignKernels()) {
+    SCOPED_TRACE(kernel == KMeansAssignKernel::kWgmma ? "wgmma" : "mma.sync");
+    std::mt19937 rng(39);
+    int moved = 0;  // labels changed from one round's assignment to the next, over all cases
+    struct Case {
+      int heads, n, dim, C;
+    };
+    for (const Case& c : {Case{1, 1, 64, 1}, Case{2, 3001, 64, 7}, Case{3, 777, 128, 65}, Case{1, 515, 256, 257},
+                          Case{2, 5003, 128, 3}, Case{1, 9001, 256, 2}}) {
+      Data d{c.heads, c.n, c.dim, std::vector<float>(size_t(c.n) * c.heads * c.dim), {}};
+      for (float& x : d.host) x = static_cast<float>(static_cast<int>(rng() % 9) - 4) * 0.25f;
+      d.dev = DeviceArray<bf16>::FromHost(ToBf16(d.host));
+      std::vector<float> init = RandomFloats(size_t(c.heads) * c.C * c.dim, &rng, -1, 1);
+      DeviceArray<uint8_t> ws(KMeansWorkspaceBytes(c.heads, c.n, c.C, c.dim));
+      // Centroids, labels and sizes after `rounds` rounds from `init`.
+      auto run = [&](int rounds, std::vector<float>* cent_out, std::vector<int32_t>* labels_out,
+                     std::vector<int32_t>* sizes_out) {
+        auto cent = DeviceArray<float>::FromHost(init);
+        DeviceArray<int32_t> labels(size_t(c.heads) * c.n), sizes(size_t(c.heads) * c.C);
+        labels.Poison();
+        sizes.Poison();
+        ASSERT_TRUE(KMeansRun(d.View(), c.C, rounds, cent.get(), labels.get(), sizes.get(), ws.get(), ws.size(),
+                              stream(), 0.0, kernel)
+                        .ok());
+        *cent_out = cent.ToHost();
+        *labels_out = labels.ToHost();
+        *sizes_out = sizes.ToHost();
+      };
+      std::vector<float> before, after;
+      std::vector<int32_t> previous, last, sizes, ignored_labels, ignored_sizes;
+      for (int rounds = 1; rounds <= 4; ++rounds) {
+        SCOPED_TRACE(rounds);
+        run(rounds - 1, &before, &last, &sizes);  // the centroids before the last round and its assignment's labels
+        std::vector<int32_t> count(size_t(c.heads) * c.C, 0);
+        for (int h = 0; h < c.heads; ++h) {
+          for (int i = 0; i < c.n; ++i) ++count[size_t(h) * c.C + last[size_t(h) * c.n + i]];
+        }
+        EXPECT_EQ(sizes, count) << "the sizes count the labels a run returns";
+        for (size_t i = 0; i < previous.size(); ++i) moved += last[i] != previous[i];
+        run(rounds, &after, &ignored_labels, &ignored_sizes);
+        std::vector<double> sum(init.size(), 0.0);
+        for (int h = 0; h < c.heads; ++h) {
+          for (int i = 0; i < c.n; ++i) {
+            const size_t r = size_t(h) * c.C + last[size_t(h) * c.n + i];
+            for (int e = 0; e < c.dim; ++e) sum[r * c.dim + e] += d.Point(h, i)[e];
+          }
+        }
+        std::vector<float> ref(init.size());
+        for (size_t r = 0; r < count.size(); ++r) {
+          for (int e = 0; e < c.dim; ++e) {
+            const size_t i = r * c.dim + e;
+            ref[i] = count[r] > 0 ? static_cast<float>(sum[i] / count[r]) : before[i];  // empty: unchanged
+          }
+        }
+        ExpectClose(after, ref, 0.0f, 1e-6f, "centroids: the member means of the last assignment");
+        previous = last;
+      }
+    }
+    EXPECT_GT(moved, 0) << "the rounds should move points between clusters";
+  }
+}
+
 TEST_F(KMeansTest, RunRecoversSeparatedClusters) {
   std::mt19937 rng(33);
   const int heads = 3, dim = 128, C = 37, per = 11, n = C * per;
