@@ -276,21 +276,27 @@ static __global__ void __launch_bounds__(kWgAssignThreads)
   unsigned char* cs = smem + kBlocks * kPointBlock;
   const int h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int group = warp >> 2, wq = warp & 3;  // warpgroup, warp within it
+  const int group = WarpgroupIndex(), wq = warp & 3;  // warpgroup, warp within it
   const int t = lane & 3;
   const int64_t p0 = static_cast<int64_t>(blockIdx.x) * kWgAssignRows;
   const bf16* cent = normalized + static_cast<int64_t>(h) * C * kD;
   const int tiles = CeilDiv(C, kAssignTileCols);
 
+  // This thread's part of a centroid tile: chunk cc of rows r0 + j * kRowStep. kRowStep is a multiple of 8, so the
+  // rows share one swizzle and lie kRowStep * 128 bytes apart: the addresses are computed once, not per tile.
+  constexpr int kRowStep = kWgAssignThreads / kChunks;
+  static_assert(kRowStep % 8 == 0 && kAssignTileCols % kRowStep == 0, "whole swizzle groups per copy round");
+  const int r0 = tid / kChunks, cc = tid % kChunks;
+  const uint32_t tile_dst = (cc / 8) * kTileBlock + Swizzle128(r0, cc % 8);
   auto load_tile = [&](int tile) {
     if (tile < tiles) {
-      unsigned char* dst = cs + (tile % kAssignStages) * kTileBytes;
+      unsigned char* dst = cs + (tile % kAssignStages) * kTileBytes + tile_dst;
       const int c0 = tile * kAssignTileCols;
-      for (int i = tid; i < kAssignTileCols * kChunks; i += kWgAssignThreads) {
-        const int r = i / kChunks, c = i % kChunks;
-        const bool in = c0 + r < C;  // rows past C are zero-filled
-        CpAsync16(dst + (c / 8) * kTileBlock + Swizzle128(r, c % 8),
-                  cent + static_cast<int64_t>(in ? c0 + r : 0) * kD + c * 8, in ? 16 : 0);
+      const bf16* src = cent + static_cast<int64_t>(c0 + r0) * kD + cc * 8;
+#pragma unroll
+      for (int j = 0; j < kAssignTileCols / kRowStep; ++j) {
+        const bool in = c0 + r0 + j * kRowStep < C;  // rows past C are zero-filled
+        CpAsync16(dst + j * kRowStep * 128, in ? src + j * kRowStep * kD : cent, in ? 16 : 0);
       }
     }
     CpAsyncCommit();

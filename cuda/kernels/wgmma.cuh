@@ -37,6 +37,13 @@ __device__ __forceinline__ uint32_t SharedAddress(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// The calling thread's warpgroup (threadIdx.x / 128) as a value the compiler knows to be uniform over the warp (a
+// shuffle from lane 0): the operand addresses and descriptors derived from it are then computed once per warp in
+// uniform registers, instead of per thread and moved over (R2UR) before every wgmma.
+__device__ __forceinline__ int WarpgroupIndex() {
+  return __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x) / 128, 0);
+}
+
 // Descriptor of a 128-byte-swizzled operand whose 16-element k-step starts at shared address `addr`, 8-row groups
 // 1024 bytes apart. K-major: the rows are M or N, the leading byte offset is unused. MN-major (imm-trans 1; rows are
 // k, 64 M or N elements per row): `leading_bytes` is the distance between the 64-element column blocks.
