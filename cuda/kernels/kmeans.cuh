@@ -31,6 +31,13 @@ struct PointsView {
   }
 };
 
+// Every kernel here begins with KMeansKernelStart(). kmeans.cu launches them with programmatic dependent launch
+// (cuda/runtime/launch.h): a kernel waits for its predecessor's writes before touching anything. The long kernels
+// (assignment, mean) let their successor start when a CTA's work is done (GridDependentsLaunch), the others when
+// they exit: the successor's launch overlaps the tail, and its waiting CTAs do not hold SMs that another stream's
+// kernels (the prefill beside the clustering) could use for longer than that tail.
+__device__ __forceinline__ void KMeansKernelStart() { GridDependencyWait(); }
+
 // Early stop (KMeansRun with a stop fraction): control = {labels changed by the last assignment, stop}. Every
 // kernel of an iteration returns at once when control[1] is set (the launches stay, the work goes); control may be
 // null (no early stop).
@@ -38,6 +45,7 @@ __device__ __forceinline__ bool KMeansStopped(const int32_t* control) { return c
 
 // out[r] = c[r] / ||c[r]|| (a zero row stays zero), rows of `dim` fp32 -> bf16. One warp per row.
 static __global__ void NormalizeRowsKernel(const float* c, bf16* out, int64_t rows, int dim, const int32_t* control) {
+  KMeansKernelStart();
   if (KMeansStopped(control)) return;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
@@ -112,6 +120,7 @@ template <int kD>
 static __global__ void __launch_bounds__(kAssignThreads)
     AssignKernel(PointsView pts, const bf16* normalized, int32_t C, int32_t* labels, int32_t* counts,
                  int32_t* control) {
+  KMeansKernelStart();
   if (KMeansStopped(control)) return;  // uniform over the CTA
   using Shape = AssignShape<kD>;
   constexpr int kStride = Shape::kStride, kM = Shape::kMTiles, kK = kD / 16;
@@ -239,6 +248,7 @@ static __global__ void __launch_bounds__(kAssignThreads)
 #pragma unroll
   for (int m = 0; m < kM; ++m) rows[m] = p0 + warp_row + m * 16;
   StoreLabels<kM>(pts, h, C, rows, best, idx, labels, counts, control);
+  GridDependentsLaunch();
 }
 
 // The assignment on Hopper (sm_90a; AssignKernel elsewhere): the same contract, on wgmma. A CTA of two warpgroups
@@ -264,6 +274,7 @@ static __global__ void __launch_bounds__(kWgAssignThreads)
     AssignWgmmaKernel(PointsView pts, const bf16* normalized, int32_t C, int32_t* labels, int32_t* counts,
                       int32_t* control) {
 #if LIVEKV_HAS_WGMMA
+  KMeansKernelStart();
   if (KMeansStopped(control)) return;                     // uniform over the CTA
   constexpr int kBlocks = kD / 64;                        // 128-byte column blocks per row
   constexpr int kChunks = kD / 8;                         // 16-byte chunks per row
@@ -381,6 +392,7 @@ static __global__ void __launch_bounds__(kWgAssignThreads)
 #pragma unroll
   for (int m = 0; m < kWgAssignMTiles; ++m) rows[m] = p0 + (group * kWgAssignMTiles + m) * 64 + wq * 16;
   StoreLabels<kWgAssignMTiles>(pts, h, C, rows, best, idx, labels, counts, control);
+  GridDependentsLaunch();
 #else
   __trap();  // launched only on sm_90 devices, which run the sm_90a code
 #endif
@@ -388,6 +400,7 @@ static __global__ void __launch_bounds__(kWgAssignThreads)
 
 // After an assignment: stop when it changed at most `threshold` labels; reset the count. One thread.
 static __global__ void KMeansCheckKernel(int32_t* control, int64_t threshold) {
+  KMeansKernelStart();
   if (control[1] == 0 && control[0] <= threshold) control[1] = 1;
   control[0] = 0;
 }
@@ -403,6 +416,7 @@ static __global__ void KMeansCheckKernel(int32_t* control, int64_t threshold) {
 // counts[h][labels[h][i]] += 1; counts zeroed by the caller. grid: (blocks, heads), grid-strided over the points.
 static __global__ void HistogramKernel(const int32_t* labels, int32_t n, int32_t C, int32_t* counts,
                                        const int32_t* control) {
+  KMeansKernelStart();
   if (KMeansStopped(control)) return;
   const int h = blockIdx.y;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -416,6 +430,7 @@ constexpr int kScanThreads = 1024;
 // cursor[h][c] = exclusive prefix sum of counts[h][:]. grid: heads; block kScanThreads.
 static __global__ void __launch_bounds__(kScanThreads)
     ScanKernel(const int32_t* counts, int32_t C, int32_t* cursor, const int32_t* control) {
+  KMeansKernelStart();
   if (KMeansStopped(control)) return;
   __shared__ int32_t warp_total[kScanThreads / 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -452,6 +467,7 @@ static __global__ void __launch_bounds__(kScanThreads)
 // order[h][cursor[h][l]++] = i for l = labels[h][i]. grid: (blocks, heads), grid-strided over the points.
 static __global__ void ScatterKernel(const int32_t* labels, int32_t n, int32_t C, int32_t* cursor, int32_t* order,
                                      const int32_t* control) {
+  KMeansKernelStart();
   if (KMeansStopped(control)) return;
   const int h = blockIdx.y;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -494,6 +510,7 @@ template <int kD>
 static __global__ void __launch_bounds__(32 * kMeanWarps)
     MeanKernel(PointsView pts, const int32_t* order, int32_t* counts, const int32_t* ends, int32_t C, float* centroids,
                bf16* normalized, int32_t* sizes, const int32_t* control) {
+  KMeansKernelStart();
   if (KMeansStopped(control)) return;
   constexpr int kN = kD / 32;
   const int lane = threadIdx.x & 31;
@@ -545,10 +562,12 @@ static __global__ void __launch_bounds__(32 * kMeanWarps)
     if (sizes != nullptr) sizes[r] = count;
     counts[r] = 0;
   }
+  GridDependentsLaunch();
 }
 
 // centroids[h][c][:] = float(point(h, rows[h][c])). One warp per centroid.
 static __global__ void GatherPointsKernel(PointsView pts, const int32_t* rows, int32_t C, float* centroids) {
+  KMeansKernelStart();
   const int64_t id = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (id >= static_cast<int64_t>(pts.heads) * C) return;

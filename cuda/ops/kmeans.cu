@@ -6,6 +6,7 @@
 #include "cuda/kernels/kmeans.cuh"
 #include "cuda/runtime/cuda_status.h"
 #include "cuda/runtime/device.h"
+#include "cuda/runtime/launch.h"
 
 namespace livekv {
 namespace cuda {
@@ -93,25 +94,24 @@ absl::Status LaunchAssign(const kn::PointsView& v, const __nv_bfloat16* normaliz
                                                            static_cast<int>(smem)),
                                       "cudaFuncSetAttribute(AssignWgmmaKernel)"));
     dim3 grid(static_cast<unsigned>(kn::CeilDiv(v.n, kn::kWgAssignRows)), static_cast<unsigned>(v.heads));
-    kn::AssignWgmmaKernel<kD><<<grid, kn::kWgAssignThreads, smem, stream>>>(v, normalized, C, labels, counts, control);
-    return LaunchStatus("AssignWgmmaKernel");
+    return LaunchKernel("AssignWgmmaKernel", kn::AssignWgmmaKernel<kD>, grid, dim3(kn::kWgAssignThreads), smem, stream,
+                        v, normalized, C, labels, counts, control);
   }
   constexpr size_t smem = kn::AssignSharedBytes<kD>();
   LIVEKV_RETURN_IF_ERROR(CudaStatus(
       cudaFuncSetAttribute(kn::AssignKernel<kD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
       "cudaFuncSetAttribute(AssignKernel)"));
   dim3 grid(static_cast<unsigned>(kn::CeilDiv(v.n, kn::AssignShape<kD>::kRows)), static_cast<unsigned>(v.heads));
-  kn::AssignKernel<kD><<<grid, kn::kAssignThreads, smem, stream>>>(v, normalized, C, labels, counts, control);
-  return LaunchStatus("AssignKernel");
+  return LaunchKernel("AssignKernel", kn::AssignKernel<kD>, grid, dim3(kn::kAssignThreads), smem, stream, v, normalized,
+                      C, labels, counts, control);
 }
 
 // Normalises `centroids` into w.normalized (the assignment's operand).
 absl::Status NormalizeImpl(const KMeansPoints& p, const float* centroids, int32_t C, const Workspace& w,
                            const int32_t* control, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.heads) * C;
-  kn::NormalizeRowsKernel<<<static_cast<unsigned>(kn::CeilDiv(rows, 8)), 256, 0, stream>>>(centroids, w.normalized,
-                                                                                           rows, p.dim, control);
-  return LaunchStatus("NormalizeRowsKernel");
+  return LaunchKernel("NormalizeRowsKernel", kn::NormalizeRowsKernel, dim3(static_cast<unsigned>(kn::CeilDiv(rows, 8))),
+                      dim3(256), 0, stream, centroids, w.normalized, rows, p.dim, control);
 }
 
 // Assigns against w.normalized. counts: null, or w.counts (zero) to receive the update's histogram. control: null,
@@ -135,17 +135,17 @@ dim3 PointGrid(const KMeansPoints& p) {
 absl::Status CountImpl(const KMeansPoints& p, const int32_t* labels, int32_t C, int32_t* counts, const int32_t* control,
                        cudaStream_t stream) {
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(counts, 0, static_cast<size_t>(p.heads) * C * sizeof(int32_t), stream));
-  kn::HistogramKernel<<<PointGrid(p), 256, 0, stream>>>(labels, p.n, C, counts, control);
-  return LaunchStatus("HistogramKernel");
+  return LaunchKernel("HistogramKernel", kn::HistogramKernel, PointGrid(p), dim3(256), 0, stream, labels, p.n, C, counts,
+                      control);
 }
 
 template <int kD>
 absl::Status LaunchMean(const KMeansPoints& p, int32_t C, float* centroids, int32_t* sizes, const Workspace& w,
                         const int32_t* control, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.heads) * C;
-  kn::MeanKernel<kD><<<static_cast<unsigned>(kn::CeilDiv(rows, kn::kMeanWarps)), 32 * kn::kMeanWarps, 0, stream>>>(
-      View(p), w.order, w.counts, w.cursor, C, centroids, w.normalized, sizes, control);
-  return LaunchStatus("MeanKernel");
+  return LaunchKernel("MeanKernel", kn::MeanKernel<kD>, dim3(static_cast<unsigned>(kn::CeilDiv(rows, kn::kMeanWarps))),
+                      dim3(32 * kn::kMeanWarps), 0, stream, View(p), w.order, w.counts, w.cursor, C, centroids,
+                      w.normalized, sizes, control);
 }
 
 // centroids = means of the members under `labels` (empty clusters unchanged), w.normalized = their normalised
@@ -154,10 +154,10 @@ absl::Status LaunchMean(const KMeansPoints& p, int32_t C, float* centroids, int3
 absl::Status UpdateImpl(const KMeansPoints& p, const int32_t* labels, int32_t C, float* centroids, int32_t* sizes,
                         const Workspace& w, const int32_t* control, bool counted, cudaStream_t stream) {
   if (!counted) LIVEKV_RETURN_IF_ERROR(CountImpl(p, labels, C, w.counts, control, stream));
-  kn::ScanKernel<<<static_cast<unsigned>(p.heads), kn::kScanThreads, 0, stream>>>(w.counts, C, w.cursor, control);
-  LIVEKV_RETURN_IF_ERROR(LaunchStatus("ScanKernel"));
-  kn::ScatterKernel<<<PointGrid(p), 256, 0, stream>>>(labels, p.n, C, w.cursor, w.order, control);
-  LIVEKV_RETURN_IF_ERROR(LaunchStatus("ScatterKernel"));
+  LIVEKV_RETURN_IF_ERROR(LaunchKernel("ScanKernel", kn::ScanKernel, dim3(static_cast<unsigned>(p.heads)),
+                                      dim3(kn::kScanThreads), 0, stream, w.counts, C, w.cursor, control));
+  LIVEKV_RETURN_IF_ERROR(LaunchKernel("ScatterKernel", kn::ScatterKernel, PointGrid(p), dim3(256), 0, stream, labels, p.n,
+                                      C, w.cursor, w.order, control));
   switch (p.dim) {
     case 64: return LaunchMean<64>(p, C, centroids, sizes, w, control, stream);
     case 128: return LaunchMean<128>(p, C, centroids, sizes, w, control, stream);
@@ -178,8 +178,9 @@ absl::Status KMeansInitFromPoints(const KMeansPoints& p, const int32_t* rows, in
   LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_init"));
   if (rows == nullptr || centroids == nullptr) return absl::InvalidArgumentError("kmeans_init: null rows or centroids");
   const int64_t total = static_cast<int64_t>(p.heads) * C;
-  kn::GatherPointsKernel<<<static_cast<unsigned>(kn::CeilDiv(total, 8)), 256, 0, stream>>>(View(p), rows, C, centroids);
-  return LaunchStatus("GatherPointsKernel");
+  const ScopedPdl pdl(true);
+  return LaunchKernel("GatherPointsKernel", kn::GatherPointsKernel, dim3(static_cast<unsigned>(kn::CeilDiv(total, 8))),
+                      dim3(256), 0, stream, View(p), rows, C, centroids);
 }
 
 absl::Status KMeansAssign(const KMeansPoints& p, const float* centroids, int32_t C, int32_t* labels, void* ws,
@@ -189,6 +190,7 @@ absl::Status KMeansAssign(const KMeansPoints& p, const float* centroids, int32_t
   if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_assign: null centroids or labels");
   LIVEKV_ASSIGN_OR_RETURN(const bool wgmma, UseWgmma(kernel));
   const Workspace w = Carve(ws, p.heads, p.n, C, p.dim);
+  const ScopedPdl pdl(true);  // every k-means kernel waits for its predecessor first (kmeans.cuh)
   LIVEKV_RETURN_IF_ERROR(NormalizeImpl(p, centroids, C, w, nullptr, stream));
   return AssignImpl(p, C, labels, nullptr, w, nullptr, wgmma, stream);
 }
@@ -198,6 +200,7 @@ absl::Status KMeansUpdate(const KMeansPoints& p, const int32_t* labels, int32_t 
   LIVEKV_RETURN_IF_ERROR(Validate(p, C, "kmeans_update"));
   LIVEKV_RETURN_IF_ERROR(CheckWorkspace(ws, ws_bytes, p, C, "kmeans_update"));
   if (centroids == nullptr || labels == nullptr) return absl::InvalidArgumentError("kmeans_update: null centroids or labels");
+  const ScopedPdl pdl(true);
   return UpdateImpl(p, labels, C, centroids, sizes, Carve(ws, p.heads, p.n, C, p.dim), nullptr, /*counted=*/false,
                     stream);
 }
@@ -214,6 +217,7 @@ absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, flo
   }
   LIVEKV_ASSIGN_OR_RETURN(const bool wgmma, UseWgmma(kernel));
   const Workspace w = Carve(ws, p.heads, p.n, C, p.dim);
+  const ScopedPdl pdl(true);
   int32_t* control = stop_fraction > 0.0 ? w.control : nullptr;
   if (control != nullptr) LIVEKV_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(control, 0, 2 * sizeof(int32_t), stream));
   const int64_t threshold = static_cast<int64_t>(stop_fraction * static_cast<double>(p.heads) * p.n);
@@ -225,8 +229,8 @@ absl::Status KMeansRun(const KMeansPoints& p, int32_t C, int32_t iterations, flo
   for (int32_t it = 0; it < iterations; ++it) {
     LIVEKV_RETURN_IF_ERROR(AssignImpl(p, C, labels, w.counts, w, control, wgmma, stream));
     if (control != nullptr) {  // the first assignment has no previous labels to compare with: never stop there
-      kn::KMeansCheckKernel<<<1, 1, 0, stream>>>(control, it == 0 ? -1 : threshold);
-      LIVEKV_RETURN_IF_ERROR(LaunchStatus("KMeansCheckKernel"));
+      LIVEKV_RETURN_IF_ERROR(LaunchKernel("KMeansCheckKernel", kn::KMeansCheckKernel, dim3(1), dim3(1), 0, stream, control,
+                                          static_cast<int64_t>(it == 0 ? -1 : threshold)));
     }
     LIVEKV_RETURN_IF_ERROR(UpdateImpl(p, labels, C, centroids, nullptr, w, control, /*counted=*/true, stream));
   }
