@@ -53,8 +53,11 @@ struct CudaRecallKvContext::Layer {
   };
   struct KMeans {
     bool active = false;
+    bool stored = false;  // StoreClustering done: the clustered KV is on its way to host_run
     int64_t older = 0;
     int32_t c = 0;
+    uint8_t* host_run = nullptr;   // the clusters' pinned pages, head by head, cluster by cluster
+    std::vector<int64_t> page_off;  // [hkv * c + 1]: where each (head, cluster)'s pages start in host_run
     cuda::DeviceBuffer centroids, labels, sizes, init_rows;
     cuda::PinnedHostBuffer labels_host, sizes_host, init_host;
     cuda::Event start, end, done;
@@ -223,6 +226,9 @@ absl::Status CudaRecallKvContext::Init() {
   }
   const int64_t cache_tokens =
       options_.cache_tokens_per_head > 0 ? options_.cache_tokens_per_head : 4 * int64_t{options_.policy.budget};
+  for (cuda::Event& e : gather_index_uploaded_) {
+    LIVEKV_ASSIGN_OR_RETURN(e, cuda::Event::Create());
+  }
   for (int l = 0; l < config_.num_layers; ++l) {
     auto L = std::make_unique<Layer>();
     L->index = l;
@@ -438,6 +444,16 @@ absl::Status CudaRecallKvContext::Append(int layer, TensorView k, TensorView v) 
       LIVEKV_RETURN_IF_ERROR(LaunchClustering(layer, older, L.gathered.get()));
     }
   }
+  return StoreFinishedClusterings();
+}
+
+absl::Status CudaRecallKvContext::StoreFinishedClusterings() {
+  for (int l = 0; l < config_.num_layers; ++l) {
+    Layer::KMeans& km = layers_[l]->km;
+    if (!km.active || km.stored) continue;
+    LIVEKV_ASSIGN_OR_RETURN(const bool done, km.done.Query());
+    if (done) LIVEKV_RETURN_IF_ERROR(StoreClustering(l));
+  }
   return absl::OkStatus();
 }
 
@@ -455,10 +471,11 @@ absl::Status CudaRecallKvContext::Commit(int64_t n) {
   }
   committed_ += n;
   chunk_started_ = false;
+  std::vector<int> clustered;
   for (int l = 0; l < config_.num_layers; ++l) {
-    if (layers_[l]->km.active) LIVEKV_RETURN_IF_ERROR(FinishClustering(l));
+    if (layers_[l]->km.active) clustered.push_back(l);
   }
-  return absl::OkStatus();
+  return FinishClusterings(clustered);
 }
 
 void CudaRecallKvContext::Rollback() {
@@ -469,7 +486,11 @@ void CudaRecallKvContext::Rollback() {
     L->spec_ready = false;
     if (L->km.active) {
       (void)L->km.done.Synchronize();
+      // A stored clustering's copy may still be writing its pinned run, which stays allocated in its pool.
+      if (L->km.stored) (void)cudaStreamSynchronize(cluster_stream_.get());
       L->km.active = false;
+      L->km.stored = false;
+      L->km.host_run = nullptr;
     }
   }
   chunk_started_ = false;
@@ -504,7 +525,18 @@ absl::Status CudaRecallKvContext::ClusterDueLayers() {
     LIVEKV_RETURN_IF_ERROR(L.gathered.Record(backend_->stream()));
     LIVEKV_RETURN_IF_ERROR(LaunchClustering(l, DueTokens(L, L.rows), L.gathered.get()));
   }
-  for (int l : due) LIVEKV_RETURN_IF_ERROR(FinishClustering(l));
+  return FinishClusterings(due);
+}
+
+absl::Status CudaRecallKvContext::FinishClusterings(const std::vector<int>& layers) {
+  if (layers.empty()) return absl::OkStatus();
+  for (int l : layers) {
+    if (!layers_[l]->km.stored) LIVEKV_RETURN_IF_ERROR(StoreClustering(l));
+  }
+  const auto t0 = Clock::now();
+  LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(cluster_stream_.get()));  // every stored run has landed
+  counters_.clustering_finish_seconds += Seconds(t0);
+  for (int l : layers) LIVEKV_RETURN_IF_ERROR(PublishClustering(l));
   return absl::OkStatus();
 }
 
@@ -565,7 +597,7 @@ absl::Status CudaRecallKvContext::LaunchClustering(int layer, int64_t older, cud
   return absl::OkStatus();
 }
 
-absl::Status CudaRecallKvContext::FinishClustering(int layer) {
+absl::Status CudaRecallKvContext::StoreClustering(int layer) {
   const auto t0 = Clock::now();
   Layer& L = *layers_[layer];
   Layer::KMeans& km = L.km;
@@ -577,7 +609,8 @@ absl::Status CudaRecallKvContext::FinishClustering(int layer) {
   const int32_t* labels = km.labels_host.as<int32_t>();
   const int32_t* sizes = km.sizes_host.as<int32_t>();
   // Page layout of the new clusters: head by head, cluster by cluster, back to back in one pinned run.
-  std::vector<int64_t> page_off(static_cast<size_t>(hkv_) * c + 1, 0);
+  std::vector<int64_t>& page_off = km.page_off;
+  page_off.assign(static_cast<size_t>(hkv_) * c + 1, 0);
   for (int32_t h = 0; h < hkv_; ++h) {
     for (int32_t j = 0; j < c; ++j) {
       const size_t i = static_cast<size_t>(h) * c + j;
@@ -585,22 +618,31 @@ absl::Status CudaRecallKvContext::FinishClustering(int layer) {
     }
   }
   const int64_t total_pages = page_off.back();
-  LIVEKV_ASSIGN_OR_RETURN(uint8_t* host_run, AllocateHostRun(static_cast<uint32_t>(total_pages)));
+  LIVEKV_ASSIGN_OR_RETURN(km.host_run, AllocateHostRun(static_cast<uint32_t>(total_pages)));
 
-  // Gather on the device: token t of head h (tail row sink + t) goes to row j of its cluster's run.
+  // Gather on the device: token t of head h (tail row sink + t) goes to row j of its cluster's run. The host index
+  // alternates between two pinned buffers (the other may still be uploading the previous layer's); the device index
+  // and the stage are reused in the cluster stream's order.
   const size_t n = static_cast<size_t>(hkv_) * older;
   const size_t index_bytes = 3 * n * sizeof(int32_t);
-  if (gather_index_host_.bytes() < index_bytes) {
+  const int slot = gather_slot_;
+  gather_slot_ ^= 1;
+  if (gather_index_host_[slot].bytes() < index_bytes || gather_index_.bytes() < index_bytes) {
     LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(cluster_stream_.get()));
-    gather_index_host_.Reset();
-    gather_index_.Reset();
-    LIVEKV_ASSIGN_OR_RETURN(gather_index_host_, cuda::PinnedHostBuffer::Create(index_bytes));
-    LIVEKV_ASSIGN_OR_RETURN(gather_index_, cuda::DeviceBuffer::Create(index_bytes));
+    gather_index_host_[slot].Reset();
+    LIVEKV_ASSIGN_OR_RETURN(gather_index_host_[slot], cuda::PinnedHostBuffer::Create(index_bytes));
+    if (gather_index_.bytes() < index_bytes) {
+      gather_index_.Reset();
+      LIVEKV_ASSIGN_OR_RETURN(gather_index_, cuda::DeviceBuffer::Create(index_bytes));
+    }
+  } else {
+    LIVEKV_RETURN_IF_ERROR(gather_index_uploaded_[slot].Synchronize());
   }
-  int32_t* src = gather_index_host_.as<int32_t>();
+  int32_t* src = gather_index_host_[slot].as<int32_t>();
   int32_t* dst_k = src + n;
   int32_t* dst_v = dst_k + n;
-  const int64_t sink = std::min<int64_t>(options_.policy.sink, L.rows);
+  // The clustered rows follow the sink (LaunchClustering's view; the chunk may not be committed yet).
+  const int64_t sink = std::min<int64_t>(options_.policy.sink, L.rows + L.pending);
   std::vector<int32_t> fill(c);
   for (int32_t h = 0; h < hkv_; ++h) {
     std::fill(fill.begin(), fill.end(), 0);
@@ -617,11 +659,13 @@ absl::Status CudaRecallKvContext::FinishClustering(int layer) {
   const cudaStream_t s = cluster_stream_.get();
   const size_t stage_bytes = static_cast<size_t>(total_pages) * layout_.page_bytes();
   if (gather_stage_.bytes() < stage_bytes) {
+    LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));  // the previous layer's copy out of it
     gather_stage_.Reset();
     LIVEKV_ASSIGN_OR_RETURN(gather_stage_, cuda::DeviceBuffer::Create(stage_bytes));
   }
   LIVEKV_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(gather_index_.data(), gather_index_host_.data(), index_bytes, cudaMemcpyHostToDevice, s));
+      cudaMemcpyAsync(gather_index_.data(), gather_index_host_[slot].data(), index_bytes, cudaMemcpyHostToDevice, s));
+  LIVEKV_RETURN_IF_ERROR(gather_index_uploaded_[slot].Record(s));
   const int32_t* dsrc = gather_index_.as<int32_t>();
   const int64_t row = static_cast<int64_t>(layout_.row_bytes());
   LIVEKV_RETURN_IF_ERROR(cuda::CopyRows(L.tail_k.data(), row, dsrc, gather_stage_.data(), row, dsrc + n,
@@ -630,7 +674,22 @@ absl::Status CudaRecallKvContext::FinishClustering(int layer) {
                                         static_cast<int64_t>(n), row, s));
   LIVEKV_RETURN_IF_ERROR(L.gathered.Record(s));
   LIVEKV_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(host_run, gather_stage_.data(), stage_bytes, cudaMemcpyDeviceToHost, s));
+      cudaMemcpyAsync(km.host_run, gather_stage_.data(), stage_bytes, cudaMemcpyDeviceToHost, s));
+  km.stored = true;
+  counters_.clustering_finish_seconds += Seconds(t0);
+  return absl::OkStatus();
+}
+
+absl::Status CudaRecallKvContext::PublishClustering(int layer) {
+  const auto t0 = Clock::now();
+  Layer& L = *layers_[layer];
+  Layer::KMeans& km = L.km;
+  const int32_t c = km.c;
+  const int64_t older = km.older;
+  const int32_t* sizes = km.sizes_host.as<int32_t>();
+  const std::vector<int64_t>& page_off = km.page_off;
+  const int64_t sink = std::min<int64_t>(options_.policy.sink, L.rows);
+  const cudaStream_t s = cluster_stream_.get();
 
   // Cluster index: refs, sizes, centroids (old clusters first, per head).
   const int32_t c_old = L.c, c_all = c_old + c;
@@ -641,7 +700,7 @@ absl::Status CudaRecallKvContext::FinishClustering(int layer) {
       const size_t i = static_cast<size_t>(h) * c + j;
       all_sizes[h * c_all + c_old + j] = sizes[i];
       L.clusters[h].push_back(
-          Layer::ClusterRef{host_run + page_off[i] * layout_.page_bytes(), sizes[i], next_cache_key_++});
+          Layer::ClusterRef{km.host_run + page_off[i] * layout_.page_bytes(), sizes[i], next_cache_key_++});
     }
   }
   LIVEKV_ASSIGN_OR_RETURN(cuda::DeviceBuffer cent, cuda::DeviceBuffer::Create(static_cast<size_t>(hkv_) * c_all * d_ * 4));
@@ -655,7 +714,8 @@ absl::Status CudaRecallKvContext::FinishClustering(int layer) {
   LIVEKV_ASSIGN_OR_RETURN(cuda::DeviceBuffer dsizes, cuda::DeviceBuffer::Create(all_sizes.size() * 4));
   LIVEKV_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(dsizes.data(), all_sizes.data(), all_sizes.size() * 4, cudaMemcpyHostToDevice, s));
-  // The pinned index buffer, the stage and the pageable sizes are reused or freed: finish this layer's copies.
+  // The pageable sizes are freed and the k-means buffers released below: finish these copies (the clustered KV's
+  // copy to pinned memory was waited for by FinishClusterings).
   LIVEKV_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
   L.centroids = std::move(cent);
   L.dev_sizes = std::move(dsizes);
@@ -663,12 +723,15 @@ absl::Status CudaRecallKvContext::FinishClustering(int layer) {
   L.c = c_all;
   L.clustered_tokens += older;
   km.active = false;
+  km.stored = false;
+  km.host_run = nullptr;
+  km.page_off.clear();
   km.centroids.Reset();
   km.labels.Reset();
   km.sizes.Reset();
 
   // Drop the clustered rows from the tail: rows [sink + older, rows) move down to [sink, ...), on the compute
-  // stream (after the gather above, which the synchronisation already ordered).
+  // stream (after StoreClustering's gather, which FinishClusterings' synchronisation already ordered).
   const int64_t remaining = L.rows - sink - older;
   const cudaStream_t cs = backend_->stream();
   const size_t rb = layout_.row_bytes();

@@ -222,7 +222,15 @@ class CudaRecallKvContext : public KvContext {
   // Clustering: how many old tokens a layer would cluster now (0: not due).
   int64_t DueTokens(const Layer& L, int64_t rows) const;
   absl::Status LaunchClustering(int layer, int64_t older, cudaEvent_t after);
-  absl::Status FinishClustering(int layer);
+  // A layer's clustering ends in two steps. StoreClustering, once its k-means is done (at a later layer's Append,
+  // during the prefill, or at the latest at Commit): the page layout and the gather of its KV into cluster order,
+  // copied to pinned memory on the cluster stream. PublishClustering, at Commit, after one wait for every stored
+  // copy: the clusters become the layer's, and the clustered rows leave its tail. FinishClusterings does both for
+  // `layers` (storing those not stored yet); StoreFinishedClusterings stores every active one whose k-means is done.
+  absl::Status StoreClustering(int layer);
+  absl::Status PublishClustering(int layer);
+  absl::Status FinishClusterings(const std::vector<int>& layers);
+  absl::Status StoreFinishedClusterings();
   absl::Status ClusterDueLayers();
   // Selection and recall.
   absl::Status SelectNow(int layer, const void* q, int64_t cluster_budget, std::vector<int32_t>* chosen_out);
@@ -277,7 +285,9 @@ class CudaRecallKvContext : public KvContext {
   int32_t max_clusters_ = 0;  // largest clusters per head of any layer (sizes the selection buffers)
   // Clustering scratch (cluster stream).
   cuda::DeviceBuffer kmeans_ws_, gather_stage_, gather_index_;
-  cuda::PinnedHostBuffer gather_index_host_;
+  cuda::PinnedHostBuffer gather_index_host_[2];  // alternate layers' gather indices (host side)
+  cuda::Event gather_index_uploaded_[2];         // ... each recorded after its upload
+  int gather_slot_ = 0;
   cuda::DeviceBuffer compact_scratch_;
   uint64_t next_cache_key_ = 1;
 
