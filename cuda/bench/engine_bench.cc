@@ -522,7 +522,7 @@ void Run() {
         const double alone = KMeansAloneShare(config, o, *kv, ctx, prefill_s);
         Report("kmeans_alone_32k", alone, "ratio", alone, "the same clusterings' GPU time alone / prefill time, goal <= 0.03");
         Report("cluster_store_32k_s", c.clustering_finish_seconds, "s", c.clustering_finish_seconds / prefill_s,
-               "gather + copy to pinned pool / prefill time");
+               "host time of the clusterings' store and publish / prefill time (the stores overlap the last chunk)");
         {
           // ClusterKV's own setting at 32k (seeds.md 1.3): 400 clusters per head, here 82 tokens per cluster.
           RecallOptions o400 = SparseOptions(ctx + 4096);

@@ -125,7 +125,7 @@ struct RecallCounters {
   double wait_seconds = 0;             // main thread waiting for the worker's recall issue
   int64_t clusterings = 0;             // layer clusterings done
   double kmeans_ms = 0;                // GPU time of the k-means runs (events on the side stream)
-  double clustering_finish_seconds = 0;  // host time gathering clusters into the pinned pool
+  double clustering_finish_seconds = 0;  // host time storing + publishing clusterings (stores overlap the prefill)
 };
 
 class CudaRecallKvContext : public KvContext {
