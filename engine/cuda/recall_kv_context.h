@@ -37,9 +37,10 @@
 // clustered with the GPU k-means (cuda/ops/kmeans.h) into ceil(tokens / tokens_per_cluster) clusters (at least
 // window_clusters), once cluster_window of them have gathered. With ExpectInputEnd, each sparse layer's k-means is
 // launched on a side stream right after the layer's Append (overlapping the remaining layers of the prefill, as
-// ClusterKV does); the members are gathered on the device into page runs and copied once to the pinned pool at
-// Commit. Differences from kvcache's SequenceKv: empty clusters are kept (size 0, never recalled), so every KV head
-// of a layer has the same number of clusters.
+// ClusterKV does); as soon as a layer's k-means is done (checked at each later Append), its members are gathered on
+// the device into page runs and copied to the pinned pool, still during the prefill; Commit waits for those copies
+// and publishes the clusters. Differences from kvcache's SequenceKv: empty clusters are kept (size 0, never
+// recalled), so every KV head of a layer has the same number of clusters.
 //
 // Prefill chunks (more than one token) attend to everything: the tail on the device and, if a layer was already
 // clustered, its clusters read straight from pinned memory (zero-copy, slow; only for inputs fed in several
