@@ -56,7 +56,7 @@ struct CudaRecallKvContext::Layer {
     bool stored = false;  // StoreClustering done: the clustered KV is on its way to host_run
     int64_t older = 0;
     int32_t c = 0;
-    uint8_t* host_run = nullptr;   // the clusters' pinned pages, head by head, cluster by cluster
+    HostRun host_run;               // the clusters' pinned pages, head by head, cluster by cluster
     std::vector<int64_t> page_off;  // [hkv * c + 1]: where each (head, cluster)'s pages start in host_run
     cuda::DeviceBuffer centroids, labels, sizes, init_rows;
     cuda::PinnedHostBuffer labels_host, sizes_host, init_host;
@@ -303,22 +303,24 @@ absl::Status CudaRecallKvContext::GrowTail(Layer& L, int64_t need) {
 
 // ---- KvContext -----------------------------------------------------------------------------------------------------
 
-absl::StatusOr<uint8_t*> CudaRecallKvContext::AllocateHostRun(uint32_t pages) {
+absl::StatusOr<CudaRecallKvContext::HostRun> CudaRecallKvContext::AllocateHostRun(uint32_t pages) {
   for (auto it = host_pools_.rbegin(); it != host_pools_.rend(); ++it) {
     if ((*it)->stats().largest_free_run_bytes < static_cast<size_t>(pages) * layout_.page_bytes()) continue;
-    absl::StatusOr<PagePool::Handle> run = (*it)->Insert((*it)->NewKey(), pages, /*evictable=*/false);
-    if (run.ok()) return run->data();  // owned entries stay when the handle goes
+    const PagePool::Key key = (*it)->NewKey();
+    absl::StatusOr<PagePool::Handle> run = (*it)->Insert(key, pages, /*evictable=*/false);
+    if (run.ok()) return HostRun{run->data(), it->get(), key};  // owned entries stay when the handle goes
     if (run.status().code() != absl::StatusCode::kResourceExhausted) return run.status();
   }
   PagePool::Options o;
   o.page_bytes = layout_.page_bytes();
   o.capacity_bytes = std::max<size_t>(pages, (size_t{64} << 20) / o.page_bytes) * o.page_bytes;
   LIVEKV_ASSIGN_OR_RETURN(std::unique_ptr<PagePool> pool, PagePool::Create(&pinned_alloc_, o));
-  LIVEKV_ASSIGN_OR_RETURN(PagePool::Handle run, pool->Insert(pool->NewKey(), pages, false));
-  uint8_t* p = run.data();
+  const PagePool::Key key = pool->NewKey();
+  LIVEKV_ASSIGN_OR_RETURN(PagePool::Handle run, pool->Insert(key, pages, false));
+  const HostRun out{run.data(), pool.get(), key};
   run.Release();
   host_pools_.push_back(std::move(pool));
-  return p;
+  return out;
 }
 
 absl::Status CudaRecallKvContext::Select(int layer, TensorView q, ContextKv* ctx) {
@@ -486,11 +488,13 @@ void CudaRecallKvContext::Rollback() {
     L->spec_ready = false;
     if (L->km.active) {
       (void)L->km.done.Synchronize();
-      // A stored clustering's copy may still be writing its pinned run, which stays allocated in its pool.
-      if (L->km.stored) (void)cudaStreamSynchronize(cluster_stream_.get());
+      if (L->km.stored) {  // its copy may still be writing the pinned run: wait, then free the run
+        (void)cudaStreamSynchronize(cluster_stream_.get());
+        L->km.host_run.pool->Erase(L->km.host_run.key);
+      }
       L->km.active = false;
       L->km.stored = false;
-      L->km.host_run = nullptr;
+      L->km.host_run = HostRun{};
     }
   }
   chunk_started_ = false;
@@ -674,7 +678,7 @@ absl::Status CudaRecallKvContext::StoreClustering(int layer) {
                                         static_cast<int64_t>(n), row, s));
   LIVEKV_RETURN_IF_ERROR(L.gathered.Record(s));
   LIVEKV_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(km.host_run, gather_stage_.data(), stage_bytes, cudaMemcpyDeviceToHost, s));
+      cudaMemcpyAsync(km.host_run.data, gather_stage_.data(), stage_bytes, cudaMemcpyDeviceToHost, s));
   km.stored = true;
   counters_.clustering_finish_seconds += Seconds(t0);
   return absl::OkStatus();
@@ -700,7 +704,7 @@ absl::Status CudaRecallKvContext::PublishClustering(int layer) {
       const size_t i = static_cast<size_t>(h) * c + j;
       all_sizes[h * c_all + c_old + j] = sizes[i];
       L.clusters[h].push_back(
-          Layer::ClusterRef{km.host_run + page_off[i] * layout_.page_bytes(), sizes[i], next_cache_key_++});
+          Layer::ClusterRef{km.host_run.data + page_off[i] * layout_.page_bytes(), sizes[i], next_cache_key_++});
     }
   }
   LIVEKV_ASSIGN_OR_RETURN(cuda::DeviceBuffer cent, cuda::DeviceBuffer::Create(static_cast<size_t>(hkv_) * c_all * d_ * 4));
@@ -724,7 +728,7 @@ absl::Status CudaRecallKvContext::PublishClustering(int layer) {
   L.clustered_tokens += older;
   km.active = false;
   km.stored = false;
-  km.host_run = nullptr;
+  km.host_run = HostRun{};
   km.page_off.clear();
   km.centroids.Reset();
   km.labels.Reset();

@@ -249,8 +249,14 @@ class CudaRecallKvContext : public KvContext {
   // `out`, device memory or mapped pinned memory.
   absl::Status EnqueueSelect(Layer& L, const void* q, int64_t cluster_budget, int slot, uint8_t* out,
                              cudaStream_t stream);
-  // A run of `pages` pinned pages (owned, never evicted) from the arenas, adding an arena when none has room.
-  absl::StatusOr<uint8_t*> AllocateHostRun(uint32_t pages);
+  // A run of `pages` pinned pages (owned, never evicted) from the arenas, adding an arena when none has room; its
+  // arena and key free it again (PagePool::Erase).
+  struct HostRun {
+    uint8_t* data = nullptr;
+    PagePool* pool = nullptr;
+    PagePool::Key key = 0;
+  };
+  absl::StatusOr<HostRun> AllocateHostRun(uint32_t pages);
   void WorkerLoop();
   void Post(int layer);
   absl::Status WaitJob(int layer);

@@ -1,6 +1,8 @@
 // The GPU recall path against the GPU dense path, and the recalled bytes against the pinned pages.
 #include "engine/cuda/recall_kv_context.h"
 
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -270,6 +272,45 @@ TEST_F(RecallTest, TimelineMarksEachLayerInStreamOrder) {
       EXPECT_GE(l.recall_end, l.recall_begin) << what;
     }
   }
+}
+
+// A chunk rolled back after its clusterings started (and some were stored to pinned memory as their k-means ended):
+// nothing of it stays, its pinned runs are freed, and the same prompt then prefills and clusters as usual.
+TEST_F(RecallTest, RollbackDropsTheChunksClusterings) {
+  RecallOptions o;
+  o.policy = SmallPolicy(/*budget=*/256);
+  auto kv = CudaRecallKvContext::Create(config_, o, gpu_.get()).value();
+  const int64_t n = 600;
+  const int64_t hq = config_.num_heads, hkv = config_.num_kv_heads, d = config_.head_dim;
+  std::mt19937 rng(6);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  auto random_tensor = [&](int64_t heads) {
+    Tensor t = gpu_->Allocate(DType::kBF16, Shape{n, heads, d}).value();
+    std::vector<__nv_bfloat16> host(static_cast<size_t>(n) * heads * d);
+    for (auto& x : host) x = __float2bfloat16(u(rng));
+    EXPECT_EQ(cudaMemcpy(t.data(), host.data(), host.size() * 2, cudaMemcpyHostToDevice), cudaSuccess);
+    return t;
+  };
+  const Tensor q = random_tensor(hq), k = random_tensor(hkv), v = random_tensor(hkv);
+  kv->ExpectInputEnd(n);
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    ContextKv ctx;
+    ASSERT_TRUE(kv->Select(layer, q.view(), &ctx).ok());
+    ASSERT_TRUE(kv->Append(layer, k.view(), v.view()).ok());
+  }
+  kv->Rollback();
+  EXPECT_EQ(kv->host_bytes_in_use(), 0u) << "the rolled-back clusterings' pinned runs are freed";
+  EXPECT_EQ(kv->num_clusters(2), 0);
+  EXPECT_EQ(kv->tail_rows(2), 0);
+
+  auto model = Model();
+  const std::vector<int32_t> prompt = RandomTokens(static_cast<int>(n), config_.vocab_size, 7);
+  kv->ExpectInputEnd(n);
+  std::vector<float> logits;
+  ASSERT_TRUE(model->Forward(prompt, kv.get(), false, &logits).ok());
+  for (float x : logits) ASSERT_TRUE(std::isfinite(x));
+  EXPECT_GT(kv->num_clusters(2), 0);
+  EXPECT_GT(kv->host_bytes_in_use(), 0u);
 }
 
 TEST_F(RecallTest, RejectsWhatItCannotServe) {
