@@ -93,8 +93,25 @@ double TimeMs(cudaStream_t s, const std::function<void(int)>& fn, int iters = 20
   return t[t.size() / 2];
 }
 
+// The same figure with the `iters` calls captured once into a CUDA graph and the graph launched `reps` times: what
+// the calls cost the device when the host's launch path is out of the way (a decode step captured as a graph, as
+// serving engines run batch-1 decode). Calls made with programmatic dependent launch keep it inside the graph.
+double TimeGraphMs(cudaStream_t s, const std::function<void(int)>& fn, int iters = 20, int reps = 7) {
+  cudaGraph_t graph = nullptr;
+  BENCH_CHECK(CudaStatus(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "begin capture"));
+  for (int i = 0; i < iters; ++i) fn(i);
+  BENCH_CHECK(CudaStatus(cudaStreamEndCapture(s, &graph), "end capture"));
+  cudaGraphExec_t exec = nullptr;
+  BENCH_CHECK(CudaStatus(cudaGraphInstantiate(&exec, graph, 0), "instantiate graph"));
+  const double ms = TimeMs(s, [&](int) { BENCH_CHECK(CudaStatus(cudaGraphLaunch(exec, s), "launch graph")); }, 1, reps);
+  BENCH_CHECK(CudaStatus(cudaGraphExecDestroy(exec), "destroy graph exec"));
+  BENCH_CHECK(CudaStatus(cudaGraphDestroy(graph), "destroy graph"));
+  return ms / iters;
+}
+
 // LIVEKV_BENCH_SECTIONS (words among gemv decode prefill kmeans selection recall elementwise sampling; unset: all)
-// picks the sections to run after the ceilings, e.g. to run one under compute-sanitizer.
+// picks the sections to run after the ceilings, e.g. to run one under compute-sanitizer; "sparse" runs the sparse
+// part of the decode section alone (e.g. under ncu).
 bool Wanted(const char* section) {
   const char* env = std::getenv("LIVEKV_BENCH_SECTIONS");
   if (env == nullptr || *env == '\0') return true;
@@ -215,7 +232,8 @@ void Run() {
               DecodeCtasPerSm(d, hq / hkv, 2), DecodeCtasPerSm(d, hq / hkv, 4),
               DecodeCtasPerSm(d, hq / hkv, 0, DecodeKernel::kPipelined), DecodeCtasPerSm(d, hq / hkv, 2, DecodeKernel::kPipelined));
   auto decode_case = [&](const std::string& name, std::vector<UploadedPlan>& plans, int seqs, int64_t tokens_per_head,
-                         DecodeKernel kernel, bool floor_ratio, int stages = 0, bool zero_copy_plans = false) {
+                         DecodeKernel kernel, bool floor_ratio, int stages = 0, bool zero_copy_plans = false,
+                         bool graph = false) {
     DeviceBuffer q = Alloc(size_t(seqs) * hq * d * 2), out = Alloc(size_t(seqs) * hq * d * 2);
     BENCH_CHECK(FillUniformBf16(q.as<bf16>(), int64_t(seqs) * hq * d, 6, 1.0f, s));
     size_t ws_bytes = 16;
@@ -232,10 +250,11 @@ void Run() {
     a.scale = scale;
     a.kernel = kernel;
     a.pipeline_stages = stages;
-    const double ms = TimeMs(s, [&](int i) {
+    auto call = [&](int i) {
       UploadedPlan& p = plans[i % plans.size()];
       BENCH_CHECK(DecodeAttention(a, p.plan, p.address(zero_copy_plans), ws.data(), ws.bytes(), s));
-    }, 50, 7);
+    };
+    const double ms = graph ? TimeGraphMs(s, call, 50, 7) : TimeMs(s, call, 50, 7);
     const double bytes = double(seqs) * tokens_per_head * hkv * d * 2 * 2;
     const double gbs = bytes / (ms * 1e-3) / 1e9;
     const double floor_us = bytes / (hbm * 1e9) * 1e6;
@@ -321,14 +340,17 @@ void Run() {
         }
       }
     }
+  }
+  if (Wanted("decode") || Wanted("sparse")) {
     // Sparse: 2048 tokens per head = 64 random pages of a 512 MiB pool, 8 different selections rotated.
     {
       PagePool pool = MakePool(8 * hkv * 1024, s, 7);
       // Variant 5: the tensor-core kernel launched back to back with programmatic dependent launch (as in the engine's
       // decode step, where it follows the RoPE kernel); 6: the same reading its plan zero-copy from mapped pinned
-      // memory (the engine's default placement, CudaBackendOptions::decode_plans).
-      for (int variant = 0; variant < 7; ++variant) {
-        ScopedPdl pdl(variant >= 5);
+      // memory (the engine's default placement, CudaBackendOptions::decode_plans); 7 and 8: the calls captured in a
+      // CUDA graph (TimeGraphMs), without and with programmatic dependent launch.
+      for (int variant = 0; variant < 9; ++variant) {
+        ScopedPdl pdl(variant == 5 || variant == 6 || variant == 8);
         const int min_tokens = variant == 1 ? 128 : variant == 2 ? 256 : 64;
         const DecodeKernel kernel = variant == 3 ? DecodeKernel::kPipelined : variant == 4 ? DecodeKernel::kLegacy : DecodeKernel::kMma;
         std::mt19937 rng(9);
@@ -349,18 +371,24 @@ void Run() {
                           : variant == 4 ? "_legacy"
                           : variant == 5 ? "_pdl"
                           : variant == 6 ? "_pdl_zerocopy"
+                          : variant == 7 ? "_graph"
+                          : variant == 8 ? "_pdl_graph"
                                          : "";
         decode_case(absl::StrFormat("decode_sparse2048_b1%s%s", tag, min_tokens == 64 ? "" : absl::StrFormat("_min%d", min_tokens)),
-                    plans, 1, 2048, kernel, true, 0, /*zero_copy_plans=*/variant == 6);
+                    plans, 1, 2048, kernel, true, 0, /*zero_copy_plans=*/variant == 6, /*graph=*/variant >= 7);
       }
-      // The floor of one launch: an empty kernel, back to back, on this stream.
+      // The floor of one launch: an empty kernel, back to back, on this stream, and in a graph.
       const double empty_ms = TimeMs(s, [&](int) { BENCH_CHECK(LaunchEmpty(s)); }, 50, 7);
       Report("launch_empty_kernel_us", empty_ms * 1e3, "us", 1.0, "launch-latency floor (back-to-back)");
+      const double empty_graph_ms = TimeGraphMs(s, [&](int) { BENCH_CHECK(LaunchEmpty(s)); }, 50, 7);
+      Report("launch_empty_kernel_graph_us", empty_graph_ms * 1e3, "us", 1.0, "launch-latency floor (in a graph)");
     }
   }
 
   // ---- Prefill attention ---------------------------------------------------------------------------------------
-  auto prefill_case = [&](const std::string& name, int32_t chunk, int64_t ctx_tokens, PrefillKernel kernel) {
+  // The context: pages of 32 tokens, or (one_run) one run per KV head, as the engine's dense device cache holds it.
+  auto prefill_case = [&](const std::string& name, int32_t chunk, int64_t ctx_tokens, PrefillKernel kernel,
+                          bool one_run = false) {
     DeviceBuffer q = Alloc(size_t(chunk) * hq * d * 2), k = Alloc(size_t(chunk) * hkv * d * 2),
                  v = Alloc(size_t(chunk) * hkv * d * 2), out = Alloc(size_t(chunk) * hq * d * 2);
     BENCH_CHECK(FillUniformBf16(q.as<bf16>(), int64_t(chunk) * hq * d, 10, 1.0f, s));
@@ -371,6 +399,11 @@ void Run() {
     c.dtype = DType::kBF16;
     c.heads.resize(hkv);
     for (int h = 0; h < hkv; ++h) {
+      if (one_run && ctx_tokens > 0) {  // the head's pages' bytes as [ctx][d] K rows, then V rows
+        const bf16* base = pool.K(h * (ctx_tokens / 32));
+        c.heads[h].push_back(KvRun{base, base + ctx_tokens * d, int32_t(ctx_tokens), 0});
+        continue;
+      }
       for (int64_t p = 0; p < ctx_tokens / 32; ++p) {
         const int64_t page = h * (ctx_tokens / 32) + p;
         c.heads[h].push_back(KvRun{pool.K(page), pool.V(page), 32, p * 32});
@@ -398,13 +431,21 @@ void Run() {
     const double tflops = 4.0 * pairs * d * hq / (ms * 1e-3) / 1e12;
     Report(name, tflops, "TFLOP/s", tflops / gemm_tflops,
            kernel == PrefillKernel::kMmaSync ? "measured GEMM (the mma.sync kernel)"
-                                             : "measured GEMM (the default kernel: wgmma on sm_90)");
+           : kernel == PrefillKernel::kWgmma ? "measured GEMM (the wgmma kernel)"
+                                              : "measured GEMM (the default kernel: warp-specialized on sm_90)");
   };
   if (Wanted("prefill")) {
-    for (const PrefillKernel kernel : {PrefillKernel::kAuto, PrefillKernel::kMmaSync}) {
-      const std::string tag = kernel == PrefillKernel::kMmaSync ? "_mmasync" : "";
+    const bool sm90 = CurrentDeviceIsSm90().value_or(false);
+    // The default (warp-specialized on sm_90), then the wgmma kernel it replaced and the mma.sync one. The last
+    // case is the engine's last chunk of a 32k prefill (chunks of 4096 over its dense cache).
+    for (const PrefillKernel kernel : {PrefillKernel::kAuto, PrefillKernel::kWgmma, PrefillKernel::kMmaSync}) {
+      if (!sm90 && kernel == PrefillKernel::kWgmma) continue;
+      const std::string tag = kernel == PrefillKernel::kMmaSync ? "_mmasync"
+                              : kernel == PrefillKernel::kWgmma ? "_wgmma"
+                                                                : "";
       prefill_case("prefill_causal_4096" + tag, 4096, 0, kernel);
       prefill_case("prefill_1024_over_16k_pages" + tag, 1024, 16384, kernel);
+      prefill_case("prefill_4096_over_28k" + tag, 4096, 28672, kernel, /*one_run=*/true);
     }
   }
 
