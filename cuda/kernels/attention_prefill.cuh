@@ -11,6 +11,10 @@
 // computes tile t, its threads have already looked up tile t + 1's rows and issued their cp.async copies (whole rows
 // per copy instruction: LoadPrefillTile). Tiles every row of the CTA sees whole (no window, no causal cut, no padding
 // rows) skip the mask.
+//
+// On Hopper (sm_90a, head_dim 64 and 128) the same tiles and softmax run on wgmma, 128 query rows per CTA:
+// PrefillWgmmaKernel (every warp loads and computes) and PrefillWsKernel (warp-specialized: a producer warpgroup
+// loads tiles of 128 keys for two computing warpgroups; the default there).
 #ifndef LIVEKV_CUDA_KERNELS_ATTENTION_PREFILL_CUH_
 #define LIVEKV_CUDA_KERNELS_ATTENTION_PREFILL_CUH_
 
@@ -48,13 +52,13 @@ constexpr size_t PrefillSharedBytes() {  // Q, then two buffers of K and V rows
 // w + kWarps q, then each copy instruction moves whole rows (lane l: 16-byte chunk l % (kD / 8) of row l / (kD / 8) of
 // the step; 512 contiguous bytes per instruction at kD 128), so every 32-byte sector fetched is used. dst(row, chunk)
 // is the chunk's byte offset in the K (and V) tile. Rows past num_keys are zero-filled.
-template <int kD, int kWarps, typename Dst>
+template <int kD, int kWarps, int kKeys = kPrefillKeys, typename Dst>
 __device__ __forceinline__ void LoadPrefillTile(const PrefillParams& p, int h, int run_lo, int run_hi, int ctx,
                                                 int64_t num_keys, int64_t kt, unsigned char* kd, unsigned char* vd,
                                                 int64_t* kpos, Dst dst) {
   constexpr int kChunks = kD / 8;             // 16-byte chunks per row
   constexpr int kRowsPerCopy = 32 / kChunks;  // rows one warp-wide copy covers
-  constexpr int kRowsPerWarp = kPrefillKeys / kWarps;
+  constexpr int kRowsPerWarp = kKeys / kWarps;
   constexpr int kCopies = kRowsPerWarp / kRowsPerCopy;  // copies per warp for its rows (each of K and V)
   static_assert(kChunks <= 32 && 32 % kChunks == 0 && kRowsPerWarp % kRowsPerCopy == 0, "head_dim");
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -62,7 +66,7 @@ __device__ __forceinline__ void LoadPrefillTile(const PrefillParams& p, int h, i
   const bf16* vp = nullptr;
   if (lane < kRowsPerWarp) {
     const int row = warp + kWarps * lane;
-    const int64_t idx = kt * kPrefillKeys + row;
+    const int64_t idx = kt * kKeys + row;
     int64_t pos = -1;
     if (idx < ctx) {
       const int r = FindRun(p.table.runs, run_lo, run_hi, static_cast<int>(idx));
@@ -310,6 +314,184 @@ constexpr size_t PrefillWgmmaSharedBytes() {  // + 1 KB to align the operand blo
   return 1024 + (kWgPrefillRows + 2 * kWgPrefillStages * static_cast<size_t>(kPrefillKeys)) * kD * sizeof(bf16);
 }
 
+// One warpgroup's 64 query rows against one K/V tile of kKeys (64 or 128) keys in swizzled shared memory, in three
+// steps the kernels schedule: the scores' MMAs, the softmax, the P V MMAs. Per thread: rows ra and rb = ra + 8 of the
+// group (token tqa / tqb, valid va / vb); scores s[4nt + 0..1] = row ra, keys 8nt + 2t ..; s[4nt + 2..3] = row rb.
+//
+// Issues S = Q K^T (q_addr: the group's Q rows; k_addr: the tile's K blocks); the caller commits and waits.
+template <int kD, int kKeys>
+__device__ __forceinline__ void WgmmaPrefillScores(float (&s)[kKeys / 2], uint32_t q_addr, uint32_t k_addr) {
+  constexpr uint32_t kQBlock = kWgPrefillRows * 128;
+  constexpr uint32_t kBlock = kKeys * 128;
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    const uint64_t a = WgmmaDescriptor(q_addr + (kk / 4) * kQBlock + (kk % 4) * 32);
+    const uint64_t b = WgmmaDescriptor(k_addr + (kk / 4) * kBlock + (kk % 4) * 32);
+    if constexpr (kKeys == 64) {
+      WgmmaM64N64K16(s, a, b, kk > 0);
+    } else {
+      WgmmaM64N128K16(s, a, b, kk > 0);
+    }
+  }
+}
+
+// Mask and scale tile kt's scores (unless every row of the CTA sees the whole tile: kt's keys end at or before
+// seen_by_all), then the online softmax: the running maxima ma / mb and sums la / lb move on, s becomes P, and the
+// factors the output must be scaled by are returned in alpha_a / alpha_b. kpos: the tile's key positions (window).
+template <int kKeys>
+__device__ __forceinline__ void PrefillTileSoftmax(const PrefillParams& p, float (&s)[kKeys / 2], int kt, int ctx,
+                                                   int num_keys, int seen_by_all, int tqa, int tqb, bool va, bool vb,
+                                                   int t, const int64_t* kpos, float& ma, float& mb, float& la,
+                                                   float& lb, float& alpha_a, float& alpha_b) {
+  float mxa = -INFINITY, mxb = -INFINITY;
+  if ((kt + 1) * kKeys <= seen_by_all) {
+#pragma unroll
+    for (int i = 0; i < kKeys / 2; i += 4) {
+      s[i] *= p.scale_log2;
+      s[i + 1] *= p.scale_log2;
+      s[i + 2] *= p.scale_log2;
+      s[i + 3] *= p.scale_log2;
+      mxa = fmaxf(mxa, fmaxf(s[i], s[i + 1]));
+      mxb = fmaxf(mxb, fmaxf(s[i + 2], s[i + 3]));
+    }
+  } else {
+#pragma unroll
+    for (int nt = 0; nt < kKeys / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = nt * 8 + 2 * t + (e & 1);
+        const int idx = kt * kKeys + col;
+        const bool row_a = e < 2;
+        const int tq = row_a ? tqa : tqb;
+        bool vis = (row_a ? va : vb) && idx < num_keys;
+        if (vis) {
+          if (idx >= ctx) {
+            const int j = idx - ctx;
+            vis = j <= tq && (p.window <= 0 || tq - j < p.window);
+          } else if (p.window > 0) {
+            vis = (p.pos0 + tq) - kpos[col] < p.window;
+          }
+        }
+        const float val = vis ? s[4 * nt + e] * p.scale_log2 : -INFINITY;
+        s[4 * nt + e] = val;
+        if (row_a) {
+          mxa = fmaxf(mxa, val);
+        } else {
+          mxb = fmaxf(mxb, val);
+        }
+      }
+    }
+  }
+  mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
+  mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
+  mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
+  mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
+  const float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+  const float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
+  alpha_a = exp2f(ma - ua);
+  alpha_b = exp2f(mb - ub);
+  ma = na;
+  mb = nb;
+  float suma = 0.0f, sumb = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kKeys / 2; i += 4) {
+    s[i] = exp2f(s[i] - ua);
+    s[i + 1] = exp2f(s[i + 1] - ua);
+    s[i + 2] = exp2f(s[i + 2] - ub);
+    s[i + 3] = exp2f(s[i + 3] - ub);
+    suma += s[i] + s[i + 1];
+    sumb += s[i + 2] + s[i + 3];
+  }
+  la = la * alpha_a + suma;  // per-thread partial row sums; reduced over the quad at the end
+  lb = lb * alpha_b + sumb;
+}
+
+template <int kD>
+__device__ __forceinline__ void RescalePrefillRows(float (&o)[kD / 2], float alpha_a, float alpha_b) {
+#pragma unroll
+  for (int i = 0; i < kD / 2; i += 4) {
+    o[i] *= alpha_a;
+    o[i + 1] *= alpha_a;
+    o[i + 2] *= alpha_b;
+    o[i + 3] *= alpha_b;
+  }
+}
+
+// P (64 x kKeys, the softmax's s) as the A fragments of the P V MMAs, 16 keys per k-step.
+template <int kKeys>
+__device__ __forceinline__ void PackPrefillP(const float (&s)[kKeys / 2], uint32_t (&a)[kKeys / 16][4]) {
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[kk][i] = PackBf16x2(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
+  }
+}
+
+// Issues O += P V (v_addr: the tile's V blocks; V's k-step kk starts at key row 16kk); the caller commits and waits.
+template <int kD, int kKeys>
+__device__ __forceinline__ void WgmmaPrefillPv(float (&o)[kD / 2], const uint32_t (&a)[kKeys / 16][4],
+                                               uint32_t v_addr) {
+  constexpr uint32_t kBlock = kKeys * 128;
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+    WgmmaRegATransB<kD>(o, a[kk], WgmmaDescriptor(v_addr + kk * 16 * 128, kBlock), true);
+  }
+}
+
+// The three steps back to back, each MMA waited for (PrefillWgmmaKernel's schedule).
+template <int kD, int kKeys = kPrefillKeys>
+__device__ __forceinline__ void WgmmaPrefillTile(const PrefillParams& p, uint32_t q_addr, uint32_t k_addr,
+                                                 uint32_t v_addr, int kt, int ctx, int num_keys, int seen_by_all,
+                                                 int tqa, int tqb, bool va, bool vb, int t, const int64_t* kpos,
+                                                 float (&o)[kD / 2], float& ma, float& mb, float& la, float& lb) {
+  float s[kKeys / 2];
+  WgmmaFence();
+  WgmmaPrefillScores<kD, kKeys>(s, q_addr, k_addr);
+  WgmmaCommit();
+  WgmmaWait<0>();
+  WgmmaFenceOperands(s);
+  float alpha_a, alpha_b;
+  PrefillTileSoftmax<kKeys>(p, s, kt, ctx, num_keys, seen_by_all, tqa, tqb, va, vb, t, kpos, ma, mb, la, lb, alpha_a,
+                            alpha_b);
+  RescalePrefillRows<kD>(o, alpha_a, alpha_b);
+  uint32_t a[kKeys / 16][4];
+  PackPrefillP<kKeys>(s, a);
+  WgmmaFence();
+  WgmmaPrefillPv<kD, kKeys>(o, a, v_addr);
+  WgmmaCommit();
+  WgmmaWait<0>();
+  WgmmaFenceOperands(o);
+}
+
+// Normalises and stores this thread's part of rows ra and rb (CTA rows; their global rows are row_a and row_b).
+template <int kD>
+__device__ __forceinline__ void WgmmaPrefillStore(const PrefillParams& p, int h, int64_t row_a, int64_t row_b, int tqa,
+                                                  int tqb, bool va, bool vb, int t, const float (&o)[kD / 2], float la,
+                                                  float lb) {
+  la += __shfl_xor_sync(0xffffffffu, la, 1);
+  la += __shfl_xor_sync(0xffffffffu, la, 2);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+  const float inva = la > 0.0f ? 1.0f / la : 0.0f, invb = lb > 0.0f ? 1.0f / lb : 0.0f;
+  if (va) {
+    const int64_t hh = row_a % p.group;
+    bf16* dst = p.out + (tqa * p.hq + h * p.group + hh) * kD + 2 * t;
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; ++dt) {
+      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) = __floats2bfloat162_rn(o[4 * dt] * inva, o[4 * dt + 1] * inva);
+    }
+  }
+  if (vb) {
+    const int64_t hh = row_b % p.group;
+    bf16* dst = p.out + (tqb * p.hq + h * p.group + hh) * kD + 2 * t;
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; ++dt) {
+      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
+          __floats2bfloat162_rn(o[4 * dt + 2] * invb, o[4 * dt + 3] * invb);
+    }
+  }
+}
+
 // grid: (ceil(n * group / 128), hkv); block: 256; dynamic shared memory PrefillWgmmaSharedBytes<kD>().
 template <int kD>
 static __global__ void __launch_bounds__(kWgPrefillThreads, 2) PrefillWgmmaKernel(PrefillParams p) {
@@ -388,126 +570,131 @@ static __global__ void __launch_bounds__(kWgPrefillThreads, 2) PrefillWgmmaKerne
     __syncthreads();  // every thread's copies of tile kt have landed, visible to the MMAs
     const uint32_t k_addr = kv_addr + 2 * buf * kTileBytes, v_addr = k_addr + kTileBytes;
 
-    // S = Q K^T (64 rows x 64 keys): s[4nt + 0..1] = row ra, keys 8nt + 2t ..; s[4nt + 2..3] = row rb.
-    float s[32];
-    WgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      WgmmaM64N64K16(s, WgmmaDescriptor(q_addr + (kk / 4) * kQBlock + (kk % 4) * 32),
-                     WgmmaDescriptor(k_addr + (kk / 4) * kBlock + (kk % 4) * 32), kk > 0);
-    }
-    WgmmaCommit();
-    WgmmaWait<0>();
-    WgmmaFenceOperands(s);
-
-    // Mask and scale; row maxima.
-    float mxa = -INFINITY, mxb = -INFINITY;
-    if ((kt + 1) * kPrefillKeys <= seen_by_all) {
-#pragma unroll
-      for (int i = 0; i < 32; i += 4) {
-        s[i] *= p.scale_log2;
-        s[i + 1] *= p.scale_log2;
-        s[i + 2] *= p.scale_log2;
-        s[i + 3] *= p.scale_log2;
-        mxa = fmaxf(mxa, fmaxf(s[i], s[i + 1]));
-        mxb = fmaxf(mxb, fmaxf(s[i + 2], s[i + 3]));
-      }
-    } else {
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = nt * 8 + 2 * t + (e & 1);
-          const int idx = kt * kPrefillKeys + col;
-          const bool row_a = e < 2;
-          const int tq = row_a ? tqa : tqb;
-          bool vis = (row_a ? va : vb) && idx < num_keys;
-          if (vis) {
-            if (idx >= ctx) {
-              const int j = idx - ctx;
-              vis = j <= tq && (p.window <= 0 || tq - j < p.window);
-            } else if (p.window > 0) {
-              vis = (p.pos0 + tq) - s_kpos[buf][col] < p.window;
-            }
-          }
-          const float val = vis ? s[4 * nt + e] * p.scale_log2 : -INFINITY;
-          s[4 * nt + e] = val;
-          if (row_a) {
-            mxa = fmaxf(mxa, val);
-          } else {
-            mxb = fmaxf(mxb, val);
-          }
-        }
-      }
-    }
-    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
-    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
-    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
-    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
-    const float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
-    const float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
-    const float alpha_a = exp2f(ma - ua), alpha_b = exp2f(mb - ub);
-    ma = na;
-    mb = nb;
-    float suma = 0.0f, sumb = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 32; i += 4) {
-      s[i] = exp2f(s[i] - ua);
-      s[i + 1] = exp2f(s[i + 1] - ua);
-      s[i + 2] = exp2f(s[i + 2] - ub);
-      s[i + 3] = exp2f(s[i + 3] - ub);
-      suma += s[i] + s[i + 1];
-      sumb += s[i + 2] + s[i + 3];
-    }
-    la = la * alpha_a + suma;  // per-thread partial row sums; reduced over the quad at the end
-    lb = lb * alpha_b + sumb;
-#pragma unroll
-    for (int i = 0; i < kD / 2; i += 4) {
-      o[i] *= alpha_a;
-      o[i + 1] *= alpha_a;
-      o[i + 2] *= alpha_b;
-      o[i + 3] *= alpha_b;
-    }
-
-    // O += P V: P (64 x 64 keys) from registers, 16 keys per MMA; V's k-step kk starts at key row 16kk.
-    uint32_t a[kPrefillKeys / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kPrefillKeys / 16; ++kk) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) a[kk][i] = PackBf16x2(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
-    }
-    WgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < kPrefillKeys / 16; ++kk) {
-      WgmmaRegATransB<kD>(o, a[kk], WgmmaDescriptor(v_addr + kk * 16 * 128, kBlock), true);
-    }
-    WgmmaCommit();
-    WgmmaWait<0>();
-    WgmmaFenceOperands(o);
+    WgmmaPrefillTile<kD>(p, q_addr, k_addr, v_addr, kt, ctx, num_keys, seen_by_all, tqa, tqb, va, vb, t, s_kpos[buf], o,
+                         ma, mb, la, lb);
   }
 
-  la += __shfl_xor_sync(0xffffffffu, la, 1);
-  la += __shfl_xor_sync(0xffffffffu, la, 2);
-  lb += __shfl_xor_sync(0xffffffffu, lb, 1);
-  lb += __shfl_xor_sync(0xffffffffu, lb, 2);
-  const float inva = la > 0.0f ? 1.0f / la : 0.0f, invb = lb > 0.0f ? 1.0f / lb : 0.0f;
-  if (va) {
-    const int64_t hh = (row0 + ra) % p.group;
-    bf16* dst = p.out + (tqa * p.hq + h * p.group + hh) * kD + 2 * t;
-#pragma unroll
-    for (int dt = 0; dt < kD / 8; ++dt) {
-      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) = __floats2bfloat162_rn(o[4 * dt] * inva, o[4 * dt + 1] * inva);
+  WgmmaPrefillStore<kD>(p, h, row0 + ra, row0 + rb, tqa, tqb, va, vb, t, o, la, lb);
+#else
+  __trap();  // launched only on sm_90 devices, which run the sm_90a code
+#endif
+}
+
+// ---- Warp-specialized (sm_90a): a producer warpgroup loads, two consumer warpgroups compute ---------------------
+// PrefillWgmmaKernel's 128 query rows per CTA and per-tile arithmetic (WgmmaPrefillTile), with the loads taken off
+// the computing warps and tiles of 128 keys:
+// - warpgroup 0 (the producer) looks the K/V rows up (a lane per row) and copies each tile by cp.async into one of
+//   kWsPrefillStages stages. Each producer thread arrives twice on the stage's `full` mbarrier (256 arrivals per
+//   phase): once when its copies have landed (cp.async.mbarrier.arrive) and once after writing the keys' positions.
+//   It waits for the stage's `empty` mbarrier (lane 0 of each consumer warp, once its MMAs have read the tile)
+//   before refilling it, and never for its own copies.
+// - warpgroups 1 and 2 (the consumers) own 64 query rows each; per tile they wait for `full`, compute (S = Q K^T
+//   as m64n128k16 MMAs, the softmax, O += P V) and release the stage. No CTA-wide barrier in the loop.
+// - The producer gives back registers (setmaxnreg) so the consumers hold S (64 registers), P and O without spilling:
+//   one CTA of 384 threads per SM.
+// Measured and dropped (docs/gpu.md): FlashAttention-3's overlap of tile k's scores with tile k - 1's P V inside a
+// warpgroup, with and without the two consumers taking turns (ping-pong), and tiles of 64 keys in 4 or 5 stages.
+constexpr int kWsPrefillThreads = 384;
+constexpr int kWsPrefillKeys = 128;
+constexpr int kWsPrefillStages = 2;  // 2 x 64 KB of K/V tiles beside Q's 32 KB
+constexpr int kWsProducerRegisters = 56;
+constexpr int kWsConsumerRegisters = 224;  // 128 x 56 + 256 x 224 <= 64 K registers
+
+template <int kD>
+constexpr size_t PrefillWsSharedBytes() {  // + 1 KB to align the operand blocks; Q, then the K/V stages
+  return 1024 + (kWgPrefillRows + 2 * kWsPrefillStages * static_cast<size_t>(kWsPrefillKeys)) * kD * sizeof(bf16);
+}
+
+// grid: (ceil(n * group / 128), hkv); block: 384; dynamic shared memory PrefillWsSharedBytes<kD>().
+template <int kD>
+static __global__ void __launch_bounds__(kWsPrefillThreads, 1) PrefillWsKernel(PrefillParams p) {
+#if LIVEKV_HAS_WGMMA
+  static_assert(kD == 64 || kD == 128, "head_dim 64 or 128");
+  constexpr int kKeys = kWsPrefillKeys, kStages = kWsPrefillStages;
+  constexpr int kChunks = kD / 8;
+  constexpr uint32_t kQBlock = kWgPrefillRows * 128;
+  constexpr uint32_t kBlock = kKeys * 128;
+  constexpr uint32_t kTileBytes = (kD / 64) * kBlock;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (SharedAddress(smem_raw) & 1023)) & 1023);
+  unsigned char* qs = smem;
+  unsigned char* kvs = smem + (kD / 64) * kQBlock;  // stage b: K at kvs + 2b * kTileBytes, V after it
+  __shared__ int64_t s_kpos[kStages][kKeys];
+  __shared__ __align__(8) uint64_t full[kStages], empty[kStages];
+
+  const int h = blockIdx.y;
+  const int64_t total_rows = static_cast<int64_t>(p.n) * p.group;
+  const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kWgPrefillRows;  // longest CTAs first
+  const int run_lo = p.table.slot_runs[h], run_hi = p.table.slot_runs[h + 1];
+  const int ctx = p.table.slot_tokens[h];
+  const int64_t last_row = min(row0 + kWgPrefillRows - 1, total_rows - 1);
+  const int num_keys = ctx + static_cast<int>(last_row / p.group) + 1;
+  const int num_tiles = (num_keys + kKeys - 1) / kKeys;
+
+  if (threadIdx.x == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      MbarrierInit(&full[st], 2 * 128);
+      MbarrierInit(&empty[st], 2 * 4);
     }
+    FenceMbarrierInit();
   }
-  if (vb) {
-    const int64_t hh = (row0 + rb) % p.group;
-    bf16* dst = p.out + (tqb * p.hq + h * p.group + hh) * kD + 2 * t;
-#pragma unroll
-    for (int dt = 0; dt < kD / 8; ++dt) {
-      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
-          __floats2bfloat162_rn(o[4 * dt + 2] * invb, o[4 * dt + 3] * invb);
+  __syncthreads();
+  const int wg = WarpgroupIndex();
+
+  if (wg == 0) {  // the producer
+    WarpgroupRegistersDecrease<kWsProducerRegisters>();
+    for (int kt = 0; kt < num_tiles; ++kt) {
+      const int st = kt % kStages;
+      if (kt >= kStages) MbarrierWait(&empty[st], static_cast<uint32_t>((kt / kStages - 1) & 1));
+      unsigned char* kd = kvs + 2 * st * kTileBytes;
+      LoadPrefillTile<kD, 4, kKeys>(
+          p, h, run_lo, run_hi, ctx, num_keys, kt, kd, kd + kTileBytes, s_kpos[st],
+          [](int row, int chunk) { return (chunk / 8) * kBlock + Swizzle128(row, chunk % 8); });
+      MbarrierArriveOnCpAsync(&full[st]);
+      MbarrierArrive(&full[st]);
     }
+    CpAsyncWait<0>();  // no copy outlives its thread
+    return;
   }
+
+  // The consumers: warpgroup c = wg - 1 owns the CTA's rows 64c .. 64c + 63.
+  WarpgroupRegistersIncrease<kWsConsumerRegisters>();
+  const int c = wg - 1;
+  const int ctid = threadIdx.x - 128 * wg, lane = threadIdx.x & 31, wq = ctid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int first_token = static_cast<int>(row0 / p.group);
+  const int seen_by_all = p.window > 0 || row0 + kWgPrefillRows > total_rows ? 0 : ctx + first_token + 1;
+  for (int i = ctid; i < 64 * kChunks; i += 128) {
+    const int r = c * 64 + i / kChunks, ch = i % kChunks;
+    const int64_t R = row0 + r;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (R < total_rows) {
+      const int64_t tq = R / p.group, hh = R % p.group;
+      val = *reinterpret_cast<const uint4*>(p.q + (tq * p.hq + h * p.group + hh) * kD + ch * 8);
+    }
+    *reinterpret_cast<uint4*>(qs + (ch / 8) * kQBlock + Swizzle128(r, ch % 8)) = val;
+  }
+  FenceProxyAsync();
+  NamedBarrierSync(1 + c, 128);  // the group's Q rows, for its MMAs
+
+  const int ra = c * 64 + wq * 16 + g, rb = ra + 8;
+  const bool va = row0 + ra < total_rows, vb = row0 + rb < total_rows;
+  const int tqa = static_cast<int>((row0 + ra) / p.group), tqb = static_cast<int>((row0 + rb) / p.group);
+  const uint32_t q_addr = SharedAddress(qs) + c * 64 * 128, kv_addr = SharedAddress(kvs);
+  float o[kD / 2];
+#pragma unroll
+  for (int i = 0; i < kD / 2; ++i) o[i] = 0.0f;
+  float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
+  for (int kt = 0; kt < num_tiles; ++kt) {
+    const int st = kt % kStages;
+    MbarrierWait(&full[st], static_cast<uint32_t>((kt / kStages) & 1));
+    FenceProxyAsync();  // the producer's copies, seen through the barrier, before the MMAs read them
+    const uint32_t k_addr = kv_addr + 2 * st * kTileBytes, v_addr = k_addr + kTileBytes;
+    WgmmaPrefillTile<kD, kKeys>(p, q_addr, k_addr, v_addr, kt, ctx, num_keys, seen_by_all, tqa, tqb, va, vb, t,
+                                s_kpos[st], o, ma, mb, la, lb);
+    if (lane == 0) MbarrierArrive(&empty[st]);
+  }
+  WgmmaPrefillStore<kD>(p, h, row0 + ra, row0 + rb, tqa, tqb, va, vb, t, o, la, lb);
 #else
   __trap();  // launched only on sm_90 devices, which run the sm_90a code
 #endif

@@ -170,6 +170,19 @@ absl::Status LaunchPrefillWgmma(const kn::PrefillParams& p, cudaStream_t stream)
 }
 
 template <int kD>
+absl::Status LaunchPrefillWs(const kn::PrefillParams& p, cudaStream_t stream) {
+  constexpr size_t smem = kn::PrefillWsSharedBytes<kD>();
+  LIVEKV_RETURN_IF_ERROR(CudaStatus(cudaFuncSetAttribute(kn::PrefillWsKernel<kD>,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                         static_cast<int>(smem)),
+                                    "cudaFuncSetAttribute(PrefillWsKernel)"));
+  const int64_t rows = static_cast<int64_t>(p.n) * p.group;
+  dim3 grid(static_cast<unsigned>(kn::CeilDiv(rows, kn::kWgPrefillRows)), static_cast<unsigned>(p.hkv));
+  kn::PrefillWsKernel<kD><<<grid, kn::kWsPrefillThreads, smem, stream>>>(p);
+  return LaunchStatus("PrefillWsKernel");
+}
+
+template <int kD>
 absl::Status LaunchPrefill(const kn::PrefillParams& p, cudaStream_t stream) {
   constexpr size_t smem = kn::PrefillSharedBytes<kD>();
   LIVEKV_RETURN_IF_ERROR(CudaStatus(
@@ -346,10 +359,13 @@ absl::Status PrefillAttention(const PrefillAttentionArgs& a, const KvPlan& plan,
   if (a.kernel != PrefillKernel::kMmaSync) {
     LIVEKV_ASSIGN_OR_RETURN(const bool sm90, CurrentDeviceIsSm90());
     wgmma = sm90 && (a.head_dim == 64 || a.head_dim == 128);
-    if (a.kernel == PrefillKernel::kWgmma && !wgmma) {
-      return absl::FailedPreconditionError(absl::StrCat("prefill_attention: the wgmma kernel needs an sm_90 device ",
+    if (a.kernel != PrefillKernel::kAuto && !wgmma) {
+      return absl::FailedPreconditionError(absl::StrCat("prefill_attention: the wgmma kernels need an sm_90 device ",
                                                         "and head_dim 64 or 128; head_dim ", a.head_dim));
     }
+  }
+  if (wgmma && a.kernel != PrefillKernel::kWgmma) {
+    return a.head_dim == 64 ? LaunchPrefillWs<64>(p, stream) : LaunchPrefillWs<128>(p, stream);
   }
   if (wgmma) return a.head_dim == 64 ? LaunchPrefillWgmma<64>(p, stream) : LaunchPrefillWgmma<128>(p, stream);
   switch (a.head_dim) {

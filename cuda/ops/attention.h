@@ -72,9 +72,11 @@ int DecodeCtasPerSm(int32_t head_dim, int32_t group, int stages = 0, DecodeKerne
 absl::Status DecodeAttention(const DecodeAttentionArgs& args, const KvPlan& plan, const void* plan_device,
                              void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
-// The prefill kernel. kAuto: wgmma on sm_90 devices for head_dim 64 and 128 (docs/gpu.md), mma.sync otherwise.
-// kWgmma where it does not apply is FAILED_PRECONDITION.
-enum class PrefillKernel { kAuto, kMmaSync, kWgmma };
+// The prefill kernel. kWgmma: wgmma, all warps load and compute; kWarpSpecialized: the same arithmetic on tiles of
+// 128 keys, a producer warpgroup loading them. kAuto: the warp-specialized kernel on sm_90 devices for head_dim 64
+// and 128 (the fastest, docs/gpu.md), mma.sync otherwise. kWgmma or kWarpSpecialized where they do not apply is
+// FAILED_PRECONDITION.
+enum class PrefillKernel { kAuto, kMmaSync, kWgmma, kWarpSpecialized };
 
 struct PrefillAttentionArgs {
   const __nv_bfloat16* q = nullptr;  // [n][num_q_heads][head_dim], post-RoPE

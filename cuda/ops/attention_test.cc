@@ -365,11 +365,16 @@ TEST_F(AttentionTest, PrefillMatchesCpuReference) {
     p.pos0 = pos0;
     p.scale = a.scale;
     p.sliding_window = c.window;
-    // Both kernels where the device has wgmma (sm_90, head_dim 64 / 128); the mma.sync one everywhere.
+    // The wgmma kernels where the device has wgmma (sm_90, head_dim 64 / 128); the mma.sync one everywhere.
     std::vector<PrefillKernel> kernels = {PrefillKernel::kMmaSync};
-    if (CurrentDeviceIsSm90().value_or(false) && (c.d == 64 || c.d == 128)) kernels.push_back(PrefillKernel::kWgmma);
+    if (CurrentDeviceIsSm90().value_or(false) && (c.d == 64 || c.d == 128)) {
+      kernels.push_back(PrefillKernel::kWgmma);
+      kernels.push_back(PrefillKernel::kWarpSpecialized);
+    }
     for (const PrefillKernel kernel : kernels) {
-      const std::string which = what + (kernel == PrefillKernel::kWgmma ? " (wgmma)" : " (mma.sync)");
+      const std::string which = what + (kernel == PrefillKernel::kWgmma             ? " (wgmma)"
+                                        : kernel == PrefillKernel::kWarpSpecialized ? " (warp-specialized)"
+                                                                                    : " (mma.sync)");
       dout.Poison();
       p.kernel = kernel;
       ASSERT_TRUE(PrefillAttention(p, *plan, plan_dev.get(), stream()).ok()) << which;
@@ -398,6 +403,8 @@ TEST_F(AttentionTest, PrefillWgmmaOutsideItsShapesIsRefused) {
   p.num_kv_heads = 1;
   p.head_dim = 32;
   p.kernel = PrefillKernel::kWgmma;
+  EXPECT_EQ(PrefillAttention(p, *plan, plan_dev.get(), stream()).code(), absl::StatusCode::kFailedPrecondition);
+  p.kernel = PrefillKernel::kWarpSpecialized;
   EXPECT_EQ(PrefillAttention(p, *plan, plan_dev.get(), stream()).code(), absl::StatusCode::kFailedPrecondition);
 }
 
