@@ -335,6 +335,17 @@ __device__ __forceinline__ void WgmmaPrefillScores(float (&s)[kKeys / 2], uint32
   }
 }
 
+// The same with the group's Q rows in registers (qa[kk]: the A fragment of k-step kk), kKeys = 128.
+template <int kD>
+__device__ __forceinline__ void WgmmaPrefillScoresRegQ(float (&s)[64], const uint32_t (&qa)[kD / 16][4],
+                                                       uint32_t k_addr) {
+  constexpr uint32_t kBlock = 128 * 128;
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    WgmmaRegAM64N128K16(s, qa[kk], WgmmaDescriptor(k_addr + (kk / 4) * kBlock + (kk % 4) * 32), kk > 0);
+  }
+}
+
 // Mask and scale tile kt's scores (unless every row of the CTA sees the whole tile: kt's keys end at or before
 // seen_by_all), then the online softmax: the running maxima ma / mb and sums la / lb move on, s becomes P, and the
 // factors the output must be scaled by are returned in alpha_a / alpha_b. kpos: the tile's key positions (window).
@@ -581,28 +592,30 @@ static __global__ void __launch_bounds__(kWgPrefillThreads, 2) PrefillWgmmaKerne
 }
 
 // ---- Warp-specialized (sm_90a): a producer warpgroup loads, two consumer warpgroups compute ---------------------
-// PrefillWgmmaKernel's 128 query rows per CTA and per-tile arithmetic (WgmmaPrefillTile), with the loads taken off
-// the computing warps and tiles of 128 keys:
+// PrefillWgmmaKernel's 128 query rows per CTA and per-tile arithmetic, with the loads taken off the computing warps,
+// tiles of 128 keys and Q in registers:
 // - warpgroup 0 (the producer) looks the K/V rows up (a lane per row) and copies each tile by cp.async into one of
 //   kWsPrefillStages stages. Each producer thread arrives twice on the stage's `full` mbarrier (256 arrivals per
 //   phase): once when its copies have landed (cp.async.mbarrier.arrive) and once after writing the keys' positions.
 //   It waits for the stage's `empty` mbarrier (lane 0 of each consumer warp, once its MMAs have read the tile)
 //   before refilling it, and never for its own copies.
-// - warpgroups 1 and 2 (the consumers) own 64 query rows each; per tile they wait for `full`, compute (S = Q K^T
-//   as m64n128k16 MMAs, the softmax, O += P V) and release the stage. No CTA-wide barrier in the loop.
-// - The producer gives back registers (setmaxnreg) so the consumers hold S (64 registers), P and O without spilling:
-//   one CTA of 384 threads per SM.
+// - warpgroups 1 and 2 (the consumers) own 64 query rows each, held as the A fragments of S = Q K^T (m64n128k16 with
+//   A from registers, K from shared memory); per tile they wait for `full`, compute (the scores, the softmax, O += P
+//   V) and release the stage. No CTA-wide barrier in the loop.
+// - The producer gives back registers (setmaxnreg) so the consumers hold Q, S, P and O without spilling (ptxas
+//   allocates the consumer code up to kWsConsumerRegisters): one CTA of 384 threads per SM.
 // Measured and dropped (docs/gpu.md): FlashAttention-3's overlap of tile k's scores with tile k - 1's P V inside a
-// warpgroup, with and without the two consumers taking turns (ping-pong), and tiles of 64 keys in 4 or 5 stages.
+// warpgroup, with and without the two consumers taking turns (ping-pong); tiles of 64 keys in 4 or 5 stages; three
+// stages of 128 keys; Q in shared memory.
 constexpr int kWsPrefillThreads = 384;
 constexpr int kWsPrefillKeys = 128;
-constexpr int kWsPrefillStages = 2;  // 2 x 64 KB of K/V tiles beside Q's 32 KB
+constexpr int kWsPrefillStages = 2;  // 2 x 64 KB of K/V tiles (head_dim 128)
 constexpr int kWsProducerRegisters = 56;
 constexpr int kWsConsumerRegisters = 224;  // 128 x 56 + 256 x 224 <= 64 K registers
 
 template <int kD>
-constexpr size_t PrefillWsSharedBytes() {  // + 1 KB to align the operand blocks; Q, then the K/V stages
-  return 1024 + (kWgPrefillRows + 2 * kWsPrefillStages * static_cast<size_t>(kWsPrefillKeys)) * kD * sizeof(bf16);
+constexpr size_t PrefillWsSharedBytes() {  // + 1 KB to align the operand blocks
+  return 1024 + 2 * kWsPrefillStages * static_cast<size_t>(kWsPrefillKeys) * kD * sizeof(bf16);
 }
 
 // grid: (ceil(n * group / 128), hkv); block: 384; dynamic shared memory PrefillWsSharedBytes<kD>().
@@ -611,14 +624,10 @@ static __global__ void __launch_bounds__(kWsPrefillThreads, 1) PrefillWsKernel(P
 #if LIVEKV_HAS_WGMMA
   static_assert(kD == 64 || kD == 128, "head_dim 64 or 128");
   constexpr int kKeys = kWsPrefillKeys, kStages = kWsPrefillStages;
-  constexpr int kChunks = kD / 8;
-  constexpr uint32_t kQBlock = kWgPrefillRows * 128;
   constexpr uint32_t kBlock = kKeys * 128;
   constexpr uint32_t kTileBytes = (kD / 64) * kBlock;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + ((1024 - (SharedAddress(smem_raw) & 1023)) & 1023);
-  unsigned char* qs = smem;
-  unsigned char* kvs = smem + (kD / 64) * kQBlock;  // stage b: K at kvs + 2b * kTileBytes, V after it
+  unsigned char* kvs = smem_raw + ((1024 - (SharedAddress(smem_raw) & 1023)) & 1023);  // stage b: K, then V
   __shared__ int64_t s_kpos[kStages][kKeys];
   __shared__ __align__(8) uint64_t full[kStages], empty[kStages];
 
@@ -657,30 +666,31 @@ static __global__ void __launch_bounds__(kWsPrefillThreads, 1) PrefillWsKernel(P
     return;
   }
 
-  // The consumers: warpgroup c = wg - 1 owns the CTA's rows 64c .. 64c + 63.
+  // The consumers: warpgroup c = wg - 1 owns the CTA's rows 64c .. 64c + 63; this thread rows ra and rb = ra + 8.
   WarpgroupRegistersIncrease<kWsConsumerRegisters>();
   const int c = wg - 1;
-  const int ctid = threadIdx.x - 128 * wg, lane = threadIdx.x & 31, wq = ctid >> 5;
+  const int lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3;
   const int g = lane >> 2, t = lane & 3;
   const int first_token = static_cast<int>(row0 / p.group);
   const int seen_by_all = p.window > 0 || row0 + kWgPrefillRows > total_rows ? 0 : ctx + first_token + 1;
-  for (int i = ctid; i < 64 * kChunks; i += 128) {
-    const int r = c * 64 + i / kChunks, ch = i % kChunks;
-    const int64_t R = row0 + r;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (R < total_rows) {
-      const int64_t tq = R / p.group, hh = R % p.group;
-      val = *reinterpret_cast<const uint4*>(p.q + (tq * p.hq + h * p.group + hh) * kD + ch * 8);
-    }
-    *reinterpret_cast<uint4*>(qs + (ch / 8) * kQBlock + Swizzle128(r, ch % 8)) = val;
-  }
-  FenceProxyAsync();
-  NamedBarrierSync(1 + c, 128);  // the group's Q rows, for its MMAs
-
   const int ra = c * 64 + wq * 16 + g, rb = ra + 8;
   const bool va = row0 + ra < total_rows, vb = row0 + rb < total_rows;
   const int tqa = static_cast<int>((row0 + ra) / p.group), tqb = static_cast<int>((row0 + rb) / p.group);
-  const uint32_t q_addr = SharedAddress(qs) + c * 64 * 128, kv_addr = SharedAddress(kvs);
+  const uint32_t kv_addr = SharedAddress(kvs);
+  // Q's A fragments: qa[kk] = rows ra / rb, columns 16kk + 2t (+ 1) and 16kk + 2t + 8 (+ 1).
+  uint32_t qa[kD / 16][4];
+  {
+    const bf16* qra = p.q + (static_cast<int64_t>(tqa) * p.hq + h * p.group + (row0 + ra) % p.group) * kD + 2 * t;
+    const bf16* qrb = p.q + (static_cast<int64_t>(tqb) * p.hq + h * p.group + (row0 + rb) % p.group) * kD + 2 * t;
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      qa[kk][0] = va ? LoadU32(qra + kk * 16) : 0u;
+      qa[kk][1] = vb ? LoadU32(qrb + kk * 16) : 0u;
+      qa[kk][2] = va ? LoadU32(qra + kk * 16 + 8) : 0u;
+      qa[kk][3] = vb ? LoadU32(qrb + kk * 16 + 8) : 0u;
+    }
+  }
+
   float o[kD / 2];
 #pragma unroll
   for (int i = 0; i < kD / 2; ++i) o[i] = 0.0f;
@@ -690,8 +700,23 @@ static __global__ void __launch_bounds__(kWsPrefillThreads, 1) PrefillWsKernel(P
     MbarrierWait(&full[st], static_cast<uint32_t>((kt / kStages) & 1));
     FenceProxyAsync();  // the producer's copies, seen through the barrier, before the MMAs read them
     const uint32_t k_addr = kv_addr + 2 * st * kTileBytes, v_addr = k_addr + kTileBytes;
-    WgmmaPrefillTile<kD, kKeys>(p, q_addr, k_addr, v_addr, kt, ctx, num_keys, seen_by_all, tqa, tqb, va, vb, t,
-                                s_kpos[st], o, ma, mb, la, lb);
+    float s[kKeys / 2];
+    WgmmaFence();
+    WgmmaPrefillScoresRegQ<kD>(s, qa, k_addr);
+    WgmmaCommit();
+    WgmmaWait<0>();
+    WgmmaFenceOperands(s);
+    float alpha_a, alpha_b;
+    PrefillTileSoftmax<kKeys>(p, s, kt, ctx, num_keys, seen_by_all, tqa, tqb, va, vb, t, s_kpos[st], ma, mb, la, lb,
+                              alpha_a, alpha_b);
+    RescalePrefillRows<kD>(o, alpha_a, alpha_b);
+    uint32_t pa[kKeys / 16][4];
+    PackPrefillP<kKeys>(s, pa);
+    WgmmaFence();
+    WgmmaPrefillPv<kD, kKeys>(o, pa, v_addr);
+    WgmmaCommit();
+    WgmmaWait<0>();
+    WgmmaFenceOperands(o);
     if (lane == 0) MbarrierArrive(&empty[st]);
   }
   WgmmaPrefillStore<kD>(p, h, row0 + ra, row0 + rb, tqa, tqb, va, vb, t, o, la, lb);
