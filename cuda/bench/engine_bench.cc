@@ -620,6 +620,19 @@ void Run() {
         }
         gpu->set_decode_plans(default_plans);
       }
+      // Attention items of other lengths (CudaBackendOptions::decode_min_tokens_per_item, default 128): a
+      // budget-2048 slot in 33 or 8 items instead of 16.
+      {
+        const int default_min = gpu->decode_min_tokens_per_item();
+        for (int min_tokens : {64, 256}) {
+          gpu->set_decode_min_tokens_per_item(min_tokens);
+          kv->ResetCounters();
+          const StepStats g = Decode(*model, kv.get(), &logits, 3, 10);
+          Report(absl::StrFormat("decode_sparse_%s_min%d_step_ms", tag.c_str(), min_tokens), g.median_ms, "ms",
+                 g.median_ms / floor_ms, "weight-read floor (attention items of at least that many tokens)");
+        }
+        gpu->set_decode_min_tokens_per_item(default_min);
+      }
       // The recall by the Tensor Memory Accelerator (bulk copies: no SM loads) with 2, 4 and 8 CTAs.
       kv->set_copy(RecallCopy::kBulk);
       for (int ctas : {2, 4, 8}) {

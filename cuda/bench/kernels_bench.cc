@@ -109,7 +109,8 @@ double TimeGraphMs(cudaStream_t s, const std::function<void(int)>& fn, int iters
   return ms / iters;
 }
 
-// LIVEKV_BENCH_SECTIONS (words among gemv decode prefill kmeans selection recall elementwise sampling; unset: all)
+// LIVEKV_BENCH_SECTIONS (words among gemv gemm decode prefill kmeans selection recall elementwise sampling; unset:
+// all)
 // picks the sections to run after the ceilings, e.g. to run one under compute-sanitizer; "sparse" runs the sparse
 // part of the decode section alone (e.g. under ncu).
 bool Wanted(const char* section) {
@@ -217,6 +218,22 @@ void Run() {
                "measured HBM copy");
       }
       gemm.set_use_gemv(true);
+    }
+  }
+
+  // ---- GEMM, prefill-shaped: a chunk of 4096 tokens through Llama-3-8B's four linear layers (cuBLASLt) ----------
+  if (Wanted("gemm")) {
+    const int64_t n = 4096;
+    for (auto [k, m] : {std::pair<int64_t, int64_t>{4096, 6144}, {4096, 4096}, {4096, 28672}, {14336, 4096}}) {
+      DeviceBuffer w = Alloc(m * k * 2), x = Alloc(n * k * 2), o = Alloc(n * m * 2);
+      BENCH_CHECK(FillUniformBf16(w.as<bf16>(), m * k, 4, 0.05f, s));
+      BENCH_CHECK(FillUniformBf16(x.as<bf16>(), n * k, 5, 1.0f, s));
+      const double ms = TimeMs(s, [&](int) {
+        BENCH_CHECK(gemm.Linear({x.as<bf16>(), n, k, w.as<bf16>(), m, nullptr, o.data(), GemmOutput::kBf16}, s));
+      }, 10, 5);
+      const double tflops = 2.0 * n * k * m / (ms * 1e-3) / 1e12;
+      Report(absl::StrFormat("gemm_prefill_%lldx%lldx%lld", (long long)n, (long long)k, (long long)m), tflops,
+             "TFLOP/s", tflops / gemm_tflops, "measured GEMM (8192 cube)");
     }
   }
 
@@ -345,14 +362,33 @@ void Run() {
     // Sparse: 2048 tokens per head = 64 random pages of a 512 MiB pool, 8 different selections rotated.
     {
       PagePool pool = MakePool(8 * hkv * 1024, s, 7);
-      // Variant 5: the tensor-core kernel launched back to back with programmatic dependent launch (as in the engine's
-      // decode step, where it follows the RoPE kernel); 6: the same reading its plan zero-copy from mapped pinned
-      // memory (the engine's default placement, CudaBackendOptions::decode_plans); 7 and 8: the calls captured in a
-      // CUDA graph (TimeGraphMs), without and with programmatic dependent launch.
-      for (int variant = 0; variant < 9; ++variant) {
-        ScopedPdl pdl(variant == 5 || variant == 6 || variant == 8);
-        const int min_tokens = variant == 1 ? 128 : variant == 2 ? 256 : 64;
-        const DecodeKernel kernel = variant == 3 ? DecodeKernel::kPipelined : variant == 4 ? DecodeKernel::kLegacy : DecodeKernel::kMma;
+      // Launched back to back, or (graph) the 50 calls captured in a CUDA graph (TimeGraphMs); with programmatic
+      // dependent launch (pdl) as in the engine's decode step, where the attention follows the QKV GEMV; the plan
+      // read zero-copy from mapped pinned memory or from device memory; items of at least min_tokens tokens.
+      struct SparseVariant {
+        const char* tag;
+        int min_tokens;
+        DecodeKernel kernel;
+        bool pdl, zero_copy, graph;
+        int stages;
+      };
+      const SparseVariant variants[] = {
+          {"", 64, DecodeKernel::kMma, false, false, false, 0},
+          {"_min128", 128, DecodeKernel::kMma, false, false, false, 0},
+          {"_min256", 256, DecodeKernel::kMma, false, false, false, 0},
+          {"_pipelined", 64, DecodeKernel::kPipelined, false, false, false, 0},
+          {"_legacy", 64, DecodeKernel::kLegacy, false, false, false, 0},
+          {"_pdl", 64, DecodeKernel::kMma, true, false, false, 0},
+          {"_pdl_zerocopy", 64, DecodeKernel::kMma, true, true, false, 0},
+          {"_graph", 64, DecodeKernel::kMma, false, false, true, 0},
+          {"_pdl_graph", 64, DecodeKernel::kMma, true, false, true, 0},
+          {"_pdl_graph_min128", 128, DecodeKernel::kMma, true, false, true, 0},
+          {"_pdl_graph_min256", 256, DecodeKernel::kMma, true, false, true, 0},
+          {"_pdl_graph_st2", 64, DecodeKernel::kMma, true, false, true, 2},
+          {"_pdl_graph_min128_st2", 128, DecodeKernel::kMma, true, false, true, 2},
+      };
+      for (const SparseVariant& v : variants) {
+        ScopedPdl pdl(v.pdl);
         std::mt19937 rng(9);
         std::vector<UploadedPlan> plans;
         std::vector<ContextKv> ctxs(8);
@@ -365,17 +401,11 @@ void Run() {
               ctxs[sel].heads[h].push_back(KvRun{pool.K(page), pool.V(page), 32, -1});
             }
           }
-          plans.push_back(plan_for({&ctxs[sel]}, std::max(1, DecodeCtasPerSm(d, hq / hkv, 0, kernel)), min_tokens));
+          const int occupancy = std::max(1, DecodeCtasPerSm(d, hq / hkv, v.stages, v.kernel));
+          plans.push_back(plan_for({&ctxs[sel]}, occupancy, v.min_tokens));
         }
-        const char* tag = variant == 3   ? "_pipelined"
-                          : variant == 4 ? "_legacy"
-                          : variant == 5 ? "_pdl"
-                          : variant == 6 ? "_pdl_zerocopy"
-                          : variant == 7 ? "_graph"
-                          : variant == 8 ? "_pdl_graph"
-                                         : "";
-        decode_case(absl::StrFormat("decode_sparse2048_b1%s%s", tag, min_tokens == 64 ? "" : absl::StrFormat("_min%d", min_tokens)),
-                    plans, 1, 2048, kernel, true, 0, /*zero_copy_plans=*/variant == 6, /*graph=*/variant >= 7);
+        decode_case(std::string("decode_sparse2048_b1") + v.tag, plans, 1, 2048, v.kernel, true, v.stages, v.zero_copy,
+                    v.graph);
       }
       // The floor of one launch: an empty kernel, back to back, on this stream, and in a graph.
       const double empty_ms = TimeMs(s, [&](int) { BENCH_CHECK(LaunchEmpty(s)); }, 50, 7);

@@ -66,7 +66,10 @@ struct CudaBackendOptions {
   // Split-KV decode: work items per SM the attention plans aim for; 0 picks the decode kernel's occupancy (the
   // CTAs one SM holds at once), so one wave covers the GPU.
   int decode_items_per_sm = 0;
-  int decode_min_tokens_per_item = 64;
+  // The shortest item a slot is cut into. 128: a budget-2048 sparse slot becomes 16 items instead of 33, and the
+  // kernel takes 7.5 instead of 9.0 us on an H100 (kernels_bench, PDL in a CUDA graph; the decode step does not
+  // change beyond its noise, docs/gpu.md). Long dense contexts are cut into longer items anyway.
+  int decode_min_tokens_per_item = 128;
   // The decode attention kernel and its shared-memory stages (0: its default); benchmarks compare them.
   cuda::DecodeKernel decode_kernel = cuda::DecodeKernel::kMma;
   int decode_stages = 0;
@@ -125,6 +128,8 @@ class CudaBackend : public Backend {
   void set_fuse_decode_ops(bool on);
   void set_programmatic_launch(bool on) { options_.programmatic_launch = on; }
   void set_decode_plans(DecodePlans plans) { options_.decode_plans = plans; }
+  void set_decode_min_tokens_per_item(int tokens) { options_.decode_min_tokens_per_item = tokens; }
+  int decode_min_tokens_per_item() const { return options_.decode_min_tokens_per_item; }
   DecodePlans decode_plans() const { return options_.decode_plans; }
   // GEMV launches that carried a fused prologue or residual (tests and benchmarks).
   int64_t fused_gemv_calls() const { return fused_gemv_calls_; }
