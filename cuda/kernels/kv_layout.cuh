@@ -147,12 +147,6 @@ constexpr int kBulkStages = 8;
 constexpr uint32_t kBulkChunk = 16384;
 constexpr size_t kBulkSmemBytes = static_cast<size_t>(kBulkStages) * kBulkChunk;
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-#endif
-
 // grid: any (CTA b copies runs [b n / grid, (b + 1) n / grid)); block: 32; dynamic shared memory kBulkSmemBytes.
 static __global__ void __launch_bounds__(32) GatherRunsBulkKernel(const CopyRunDesc* runs, int32_t n) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -162,10 +156,8 @@ static __global__ void __launch_bounds__(32) GatherRunsBulkKernel(const CopyRunD
   const int64_t first = static_cast<int64_t>(blockIdx.x) * n / gridDim.x;
   const int64_t last = static_cast<int64_t>(blockIdx.x + 1) * n / gridDim.x;
   if (lane == 0) {
-    for (int s = 0; s < kBulkStages; ++s) {
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(SharedAddress(&bar[s])) : "memory");
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    for (int s = 0; s < kBulkStages; ++s) MbarrierInit(&bar[s], 1);
+    FenceMbarrierInit();
   }
   __syncwarp();
   // Lane 0's pipeline state: chunks issued (loaded into stage issued % kBulkStages) and chunks stored; per stage the
@@ -178,15 +170,7 @@ static __global__ void __launch_bounds__(32) GatherRunsBulkKernel(const CopyRunD
   auto store_oldest = [&]() {
     const int st = static_cast<int>(stored % kBulkStages);
     const uint32_t parity = static_cast<uint32_t>((stored / kBulkStages) & 1);
-    const uint32_t b = SharedAddress(&bar[st]);
-    uint32_t done = 0;
-    while (!done) {
-      asm volatile(
-          "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-          : "=r"(done)
-          : "r"(b), "r"(parity)
-          : "memory");
-    }
+    MbarrierWait(&bar[st], parity);
     asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(stage_dst[st]),
                  "r"(SharedAddress(smem + static_cast<size_t>(st) * kBulkChunk)), "r"(stage_bytes[st])
                  : "memory");

@@ -33,9 +33,6 @@ namespace kernels {
 // Byte offset of chunk c (0-7) of row r in a 128-byte-swizzled column block.
 __device__ __forceinline__ uint32_t Swizzle128(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
 
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 // The calling thread's warpgroup (threadIdx.x / 128) as a value the compiler knows to be uniform over the warp (a
 // shuffle from lane 0): the operand addresses and descriptors derived from it are then computed once per warp in
@@ -97,45 +94,7 @@ __device__ __forceinline__ void WgmmaRegAM64N128K16(float (&d)[64], const uint32
 #endif
 }
 
-// ---- Warp specialization: mbarriers, named barriers, register reallocation -----------------------------------------
-// An mbarrier (a 64-bit word in shared memory) completes a phase when `count` arrivals have been made; waiting on a
-// phase's parity returns once that phase has completed. Arrive has release and wait acquire semantics (CTA scope),
-// so what a thread wrote before it arrives is visible to the threads that waited on that phase.
-__device__ __forceinline__ void MbarrierInit(uint64_t* bar, uint32_t count) {
-#if LIVEKV_HAS_WGMMA
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(SharedAddress(bar)), "r"(count) : "memory");
-#endif
-}
-// After the initialising thread's MbarrierInit calls, before the barrier that publishes them to the CTA.
-__device__ __forceinline__ void FenceMbarrierInit() {
-#if LIVEKV_HAS_WGMMA
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void MbarrierArrive(uint64_t* bar) {
-#if LIVEKV_HAS_WGMMA
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(SharedAddress(bar)) : "memory");
-#endif
-}
-// An arrival made when all of this thread's earlier cp.async copies have landed (counts towards `count`).
-__device__ __forceinline__ void MbarrierArriveOnCpAsync(uint64_t* bar) {
-#if LIVEKV_HAS_WGMMA
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(SharedAddress(bar)) : "memory");
-#endif
-}
-__device__ __forceinline__ void MbarrierWait(uint64_t* bar, uint32_t parity) {
-#if LIVEKV_HAS_WGMMA
-  const uint32_t addr = SharedAddress(bar);
-  uint32_t done = 0;
-  while (!done) {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(addr), "r"(parity)
-        : "memory");
-  }
-#endif
-}
+// ---- Warp specialization: register reallocation (the mbarrier helpers are in common.cuh) -------------------------
 // The calling warpgroup's registers per thread become kRegs (a multiple of 8 in 24..256): a producer gives registers
 // back, the consumers then take them (all warps of the warpgroup execute it).
 template <int kRegs>
