@@ -314,24 +314,20 @@ constexpr size_t PrefillWgmmaSharedBytes() {  // + 1 KB to align the operand blo
   return 1024 + (kWgPrefillRows + 2 * kWgPrefillStages * static_cast<size_t>(kPrefillKeys)) * kD * sizeof(bf16);
 }
 
-// One warpgroup's 64 query rows against one K/V tile of kKeys (64 or 128) keys in swizzled shared memory, in three
-// steps the kernels schedule: the scores' MMAs, the softmax, the P V MMAs. Per thread: rows ra and rb = ra + 8 of the
+// One warpgroup's 64 query rows against one K/V tile of kKeys keys in swizzled shared memory, in three steps the
+// kernels schedule: the scores' MMAs, the softmax, the P V MMAs. Per thread: rows ra and rb = ra + 8 of the
 // group (token tqa / tqb, valid va / vb); scores s[4nt + 0..1] = row ra, keys 8nt + 2t ..; s[4nt + 2..3] = row rb.
 //
-// Issues S = Q K^T (q_addr: the group's Q rows; k_addr: the tile's K blocks); the caller commits and waits.
-template <int kD, int kKeys>
-__device__ __forceinline__ void WgmmaPrefillScores(float (&s)[kKeys / 2], uint32_t q_addr, uint32_t k_addr) {
+// Issues S = Q K^T for a 64-key tile (q_addr: the group's Q rows; k_addr: the tile's K blocks); the caller commits
+// and waits.
+template <int kD>
+__device__ __forceinline__ void WgmmaPrefillScores(float (&s)[32], uint32_t q_addr, uint32_t k_addr) {
   constexpr uint32_t kQBlock = kWgPrefillRows * 128;
-  constexpr uint32_t kBlock = kKeys * 128;
+  constexpr uint32_t kBlock = kPrefillKeys * 128;
 #pragma unroll
   for (int kk = 0; kk < kD / 16; ++kk) {
-    const uint64_t a = WgmmaDescriptor(q_addr + (kk / 4) * kQBlock + (kk % 4) * 32);
-    const uint64_t b = WgmmaDescriptor(k_addr + (kk / 4) * kBlock + (kk % 4) * 32);
-    if constexpr (kKeys == 64) {
-      WgmmaM64N64K16(s, a, b, kk > 0);
-    } else {
-      WgmmaM64N128K16(s, a, b, kk > 0);
-    }
+    WgmmaM64N64K16(s, WgmmaDescriptor(q_addr + (kk / 4) * kQBlock + (kk % 4) * 32),
+                   WgmmaDescriptor(k_addr + (kk / 4) * kBlock + (kk % 4) * 32), kk > 0);
   }
 }
 
@@ -449,15 +445,16 @@ __device__ __forceinline__ void WgmmaPrefillPv(float (&o)[kD / 2], const uint32_
   }
 }
 
-// The three steps back to back, each MMA waited for (PrefillWgmmaKernel's schedule).
-template <int kD, int kKeys = kPrefillKeys>
+// The three steps back to back on a 64-key tile with Q in shared memory, each MMA waited for (PrefillWgmmaKernel).
+template <int kD>
 __device__ __forceinline__ void WgmmaPrefillTile(const PrefillParams& p, uint32_t q_addr, uint32_t k_addr,
                                                  uint32_t v_addr, int kt, int ctx, int num_keys, int seen_by_all,
                                                  int tqa, int tqb, bool va, bool vb, int t, const int64_t* kpos,
                                                  float (&o)[kD / 2], float& ma, float& mb, float& la, float& lb) {
+  constexpr int kKeys = kPrefillKeys;
   float s[kKeys / 2];
   WgmmaFence();
-  WgmmaPrefillScores<kD, kKeys>(s, q_addr, k_addr);
+  WgmmaPrefillScores<kD>(s, q_addr, k_addr);
   WgmmaCommit();
   WgmmaWait<0>();
   WgmmaFenceOperands(s);
