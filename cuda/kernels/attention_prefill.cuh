@@ -98,251 +98,8 @@ __device__ __forceinline__ void LoadPrefillTile(const PrefillParams& p, int h, i
   }
 }
 
-// grid: (ceil(n * group / 64), hkv); block: 128; dynamic shared memory PrefillSharedBytes<kD>().
-template <int kD>
-static __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillParams p) {
-  static_assert(kD % 16 == 0, "head_dim must be a multiple of 16");
-  constexpr int kStride = kD + 8;  // padded row (elements): conflict-free ldmatrix
-  constexpr int kChunks = kD / 8;  // 16-byte chunks per row
-  constexpr int kTileElems = kPrefillKeys * kStride;
-  extern __shared__ __align__(16) unsigned char smem[];
-  bf16* qs = reinterpret_cast<bf16*>(smem);
-  bf16* kvs = qs + kPrefillRows * kStride;  // buffer b: K rows at kvs + 2b * kTileElems, V rows after them
-  __shared__ int64_t s_kpos[2][kPrefillKeys];
-
-  const int h = blockIdx.y;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, t = lane & 3;
-  const int64_t total_rows = static_cast<int64_t>(p.n) * p.group;
-  // Row tiles in reverse launch order: the last rows see the most keys, so the longest CTAs start first.
-  const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kPrefillRows;
-
-  const int run_lo = p.table.slot_runs[h], run_hi = p.table.slot_runs[h + 1];
-  const int ctx = p.table.slot_tokens[h];
-  const int64_t last_row = min(row0 + kPrefillRows - 1, total_rows - 1);
-  const int64_t num_keys = ctx + last_row / p.group + 1;
-  const int64_t num_tiles = (num_keys + kPrefillKeys - 1) / kPrefillKeys;
-  // Keys every row of the CTA sees: the context and the chunk's keys up to its first row's token (no window).
-  const int64_t first_token = row0 / p.group;
-  const int64_t seen_by_all = p.window > 0 || row0 + kPrefillRows > total_rows ? 0 : ctx + first_token + 1;
-
-  auto load_tile = [&](int64_t kt, int buf) {
-    unsigned char* kd = reinterpret_cast<unsigned char*>(kvs + 2 * buf * kTileElems);
-    LoadPrefillTile<kD, kPrefillThreads / 32>(
-        p, h, run_lo, run_hi, ctx, num_keys, kt, kd, kd + kTileElems * sizeof(bf16), s_kpos[buf],
-        [](int row, int chunk) { return static_cast<uint32_t>((row * kStride + chunk * 8) * 2); });
-  };
-  load_tile(0, 0);
-  CpAsyncCommit();
-
-  for (int i = tid; i < kPrefillRows * kChunks; i += kPrefillThreads) {
-    const int r = i / kChunks, c = i % kChunks;
-    const int64_t R = row0 + r;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (R < total_rows) {
-      const int64_t tq = R / p.group, hh = R % p.group;
-      val = *reinterpret_cast<const uint4*>(p.q + (tq * p.hq + h * p.group + hh) * kD + c * 8);
-    }
-    *reinterpret_cast<uint4*>(qs + r * kStride + c * 8) = val;
-  }
-
-  const int ra = warp * 16 + g, rb = ra + 8;  // this thread's two rows within the tile
-  const bool va = row0 + ra < total_rows, vb = row0 + rb < total_rows;
-  const int64_t tqa = (row0 + ra) / p.group, tqb = (row0 + rb) / p.group;
-  // ldmatrix lane addresses: Q (A, x4: rows 0-7 / 8-15 x columns 0-7 / 8-15), K (B of two n-tiles, x4), V (B of two
-  // column tiles, x4.trans), relative to the tile and the 16-column (Q, K) or 16-key (V) step.
-  const bf16* q_lane = qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kStride + ((lane >> 4) & 1) * 8;
-  const int k_lane = ((lane >> 4) & 1) * 8 + (lane & 7), k_col = ((lane >> 3) & 1) * 8;
-  const int v_lane = ((lane >> 3) & 1) * 8 + (lane & 7), v_col = ((lane >> 4) & 1) * 8;
-
-  float o[kD / 8][4];
-#pragma unroll
-  for (int dt = 0; dt < kD / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-  float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
-
-  for (int64_t kt = 0; kt < num_tiles; ++kt) {
-    const int buf = static_cast<int>(kt & 1);
-    __syncthreads();  // tile kt - 1 (buffer buf ^ 1) is no longer read; Q is in shared memory
-    if (kt + 1 < num_tiles) load_tile(kt + 1, buf ^ 1);
-    CpAsyncCommit();
-    CpAsyncWait<1>();
-    __syncthreads();  // every thread's copies of tile kt have landed
-    const bf16* ks = kvs + 2 * buf * kTileElems;
-    const bf16* vs = ks + kTileElems;
-
-    // S = Q K^T: this warp's 16 rows x 64 keys, as 8 n-tiles of 16x8.
-    float s[8][4];
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      uint32_t a[4];
-      LdMatrixX4(a, q_lane + kk * 16);
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t b[4];
-        LdMatrixX4(b, ks + (np * 16 + k_lane) * kStride + kk * 16 + k_col);
-        MmaBf16(s[2 * np], a, b[0], b[1]);
-        MmaBf16(s[2 * np + 1], a, b[2], b[3]);
-      }
-    }
-
-    // Mask and scale; row maxima.
-    float mxa = -INFINITY, mxb = -INFINITY;
-    if ((kt + 1) * kPrefillKeys <= seen_by_all) {
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        s[nt][0] *= p.scale_log2;
-        s[nt][1] *= p.scale_log2;
-        s[nt][2] *= p.scale_log2;
-        s[nt][3] *= p.scale_log2;
-        mxa = fmaxf(mxa, fmaxf(s[nt][0], s[nt][1]));
-        mxb = fmaxf(mxb, fmaxf(s[nt][2], s[nt][3]));
-      }
-    } else {
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = nt * 8 + 2 * t + (e & 1);
-          const int64_t idx = kt * kPrefillKeys + col;
-          const bool row_a = e < 2;
-          const int64_t tq = row_a ? tqa : tqb;
-          bool vis = (row_a ? va : vb) && idx < num_keys;
-          if (vis) {
-            if (idx >= ctx) {
-              const int64_t j = idx - ctx;
-              vis = j <= tq && (p.window <= 0 || tq - j < p.window);
-            } else if (p.window > 0) {
-              vis = (p.pos0 + tq) - s_kpos[buf][col] < p.window;
-            }
-          }
-          const float val = vis ? s[nt][e] * p.scale_log2 : -INFINITY;
-          s[nt][e] = val;
-          if (row_a) {
-            mxa = fmaxf(mxa, val);
-          } else {
-            mxb = fmaxf(mxb, val);
-          }
-        }
-      }
-    }
-    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 1));
-    mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, 2));
-    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 1));
-    mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, 2));
-    const float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
-    const float ua = na == -INFINITY ? 0.0f : na, ub = nb == -INFINITY ? 0.0f : nb;
-    const float alpha_a = exp2f(ma - ua), alpha_b = exp2f(mb - ub);
-    ma = na;
-    mb = nb;
-    float suma = 0.0f, sumb = 0.0f;
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      s[nt][0] = exp2f(s[nt][0] - ua);
-      s[nt][1] = exp2f(s[nt][1] - ua);
-      s[nt][2] = exp2f(s[nt][2] - ub);
-      s[nt][3] = exp2f(s[nt][3] - ub);
-      suma += s[nt][0] + s[nt][1];
-      sumb += s[nt][2] + s[nt][3];
-    }
-    la = la * alpha_a + suma;  // per-thread partial row sums; reduced over the quad at the end
-    lb = lb * alpha_b + sumb;
-#pragma unroll
-    for (int dt = 0; dt < kD / 8; ++dt) {
-      o[dt][0] *= alpha_a;
-      o[dt][1] *= alpha_a;
-      o[dt][2] *= alpha_b;
-      o[dt][3] *= alpha_b;
-    }
-
-    // O += P V: P (16 x 64, from the S fragments) as A, V (64 keys x d) as B.
-#pragma unroll
-    for (int kk = 0; kk < kPrefillKeys / 16; ++kk) {
-      uint32_t a[4];
-      a[0] = PackBf16x2(s[2 * kk][0], s[2 * kk][1]);
-      a[1] = PackBf16x2(s[2 * kk][2], s[2 * kk][3]);
-      a[2] = PackBf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      a[3] = PackBf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-      const bf16* vrow = vs + (kk * 16 + v_lane) * kStride + v_col;
-#pragma unroll
-      for (int dt = 0; dt < kD / 8; dt += 2) {
-        uint32_t b[4];
-        LdMatrixX4Trans(b, vrow + dt * 8);
-        MmaBf16(o[dt], a, b[0], b[1]);
-        MmaBf16(o[dt + 1], a, b[2], b[3]);
-      }
-    }
-  }
-
-  la += __shfl_xor_sync(0xffffffffu, la, 1);
-  la += __shfl_xor_sync(0xffffffffu, la, 2);
-  lb += __shfl_xor_sync(0xffffffffu, lb, 1);
-  lb += __shfl_xor_sync(0xffffffffu, lb, 2);
-  const float inva = la > 0.0f ? 1.0f / la : 0.0f, invb = lb > 0.0f ? 1.0f / lb : 0.0f;
-  if (va) {
-    const int64_t hh = (row0 + ra) % p.group;
-    bf16* dst = p.out + (tqa * p.hq + h * p.group + hh) * kD + 2 * t;
-#pragma unroll
-    for (int dt = 0; dt < kD / 8; ++dt) {
-      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) = __floats2bfloat162_rn(o[dt][0] * inva, o[dt][1] * inva);
-    }
-  }
-  if (vb) {
-    const int64_t hh = (row0 + rb) % p.group;
-    bf16* dst = p.out + (tqb * p.hq + h * p.group + hh) * kD + 2 * t;
-#pragma unroll
-    for (int dt = 0; dt < kD / 8; ++dt) {
-      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) = __floats2bfloat162_rn(o[dt][2] * invb, o[dt][3] * invb);
-    }
-  }
-}
-
-// ---- The same on Hopper: wgmma (sm_90a; head_dim 64 and 128) ---------------------------------------------------
-// PrefillKernel's tiles, loads and softmax with 128 query rows per CTA: two warpgroups of 64 rows share each K/V tile
-// (half the tile traffic per FLOP). Per warpgroup and tile: S (64 rows x 64 keys) = 8 MMAs of m64n64k16 with Q and K
-// from shared memory (K-major, 128-byte swizzle: wgmma.cuh), and O += P V
-// = 4 MMAs of m64n{kD}k16 with P from registers (the S accumulators repacked as A fragments, as PrefillKernel does)
-// and V MN-major from shared memory (its key rows as stored: the same swizzled layout as K). The accumulators have
-// PrefillKernel's fragment layout per 8-column n-tile, so the mask and the online softmax are the same code.
-constexpr int kWgPrefillRows = 128;  // query rows per CTA: two warpgroups of 64 share each K/V tile
-constexpr int kWgPrefillThreads = 256;
-constexpr int kWgPrefillStages = 2;  // K/V tiles in shared memory: one in flight while one is consumed
-
-template <int kD>
-constexpr size_t PrefillWgmmaSharedBytes() {  // + 1 KB to align the operand blocks; Q, then the K/V stages
-  return 1024 + (kWgPrefillRows + 2 * kWgPrefillStages * static_cast<size_t>(kPrefillKeys)) * kD * sizeof(bf16);
-}
-
-// One warpgroup's 64 query rows against one K/V tile of kKeys keys in swizzled shared memory, in three steps the
-// kernels schedule: the scores' MMAs, the softmax, the P V MMAs. Per thread: rows ra and rb = ra + 8 of the
-// group (token tqa / tqb, valid va / vb); scores s[4nt + 0..1] = row ra, keys 8nt + 2t ..; s[4nt + 2..3] = row rb.
-//
-// Issues S = Q K^T for a 64-key tile (q_addr: the group's Q rows; k_addr: the tile's K blocks); the caller commits
-// and waits.
-template <int kD>
-__device__ __forceinline__ void WgmmaPrefillScores(float (&s)[32], uint32_t q_addr, uint32_t k_addr) {
-  constexpr uint32_t kQBlock = kWgPrefillRows * 128;
-  constexpr uint32_t kBlock = kPrefillKeys * 128;
-#pragma unroll
-  for (int kk = 0; kk < kD / 16; ++kk) {
-    WgmmaM64N64K16(s, WgmmaDescriptor(q_addr + (kk / 4) * kQBlock + (kk % 4) * 32),
-                   WgmmaDescriptor(k_addr + (kk / 4) * kBlock + (kk % 4) * 32), kk > 0);
-  }
-}
-
-// The same with the group's Q rows in registers (qa[kk]: the A fragment of k-step kk), kKeys = 128.
-template <int kD>
-__device__ __forceinline__ void WgmmaPrefillScoresRegQ(float (&s)[64], const uint32_t (&qa)[kD / 16][4],
-                                                       uint32_t k_addr) {
-  constexpr uint32_t kBlock = 128 * 128;
-#pragma unroll
-  for (int kk = 0; kk < kD / 16; ++kk) {
-    WgmmaRegAM64N128K16(s, qa[kk], WgmmaDescriptor(k_addr + (kk / 4) * kBlock + (kk % 4) * 32), kk > 0);
-  }
-}
-
-// Mask and scale tile kt's scores (unless every row of the CTA sees the whole tile: kt's keys end at or before
+// The online softmax of one tile, on the tensor-core accumulator layout every prefill kernel shares (per n-tile nt of
+// 8 keys: s[4nt + 0..1] = row ra, keys 8nt + 2t ..; s[4nt + 2..3] = row rb). Mask and scale tile kt's scores (unless every row of the CTA sees the whole tile: kt's keys end at or before
 // seen_by_all), then the online softmax: the running maxima ma / mb and sums la / lb move on, s becomes P, and the
 // factors the output must be scaled by are returned in alpha_a / alpha_b. kpos: the tile's key positions (window).
 template <int kKeys>
@@ -413,6 +170,206 @@ __device__ __forceinline__ void PrefillTileSoftmax(const PrefillParams& p, float
   lb = lb * alpha_b + sumb;
 }
 
+// Normalises and stores this thread's part of rows ra and rb (CTA rows; their global rows are row_a and row_b).
+template <int kD>
+__device__ __forceinline__ void PrefillStoreRows(const PrefillParams& p, int h, int64_t row_a, int64_t row_b, int tqa,
+                                                 int tqb, bool va, bool vb, int t, const float (&o)[kD / 2], float la,
+                                                 float lb) {
+  la += __shfl_xor_sync(0xffffffffu, la, 1);
+  la += __shfl_xor_sync(0xffffffffu, la, 2);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 1);
+  lb += __shfl_xor_sync(0xffffffffu, lb, 2);
+  const float inva = la > 0.0f ? 1.0f / la : 0.0f, invb = lb > 0.0f ? 1.0f / lb : 0.0f;
+  if (va) {
+    const int64_t hh = row_a % p.group;
+    bf16* dst = p.out + (static_cast<int64_t>(tqa) * p.hq + h * p.group + hh) * kD + 2 * t;
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; ++dt) {
+      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) = __floats2bfloat162_rn(o[4 * dt] * inva, o[4 * dt + 1] * inva);
+    }
+  }
+  if (vb) {
+    const int64_t hh = row_b % p.group;
+    bf16* dst = p.out + (static_cast<int64_t>(tqb) * p.hq + h * p.group + hh) * kD + 2 * t;
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; ++dt) {
+      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
+          __floats2bfloat162_rn(o[4 * dt + 2] * invb, o[4 * dt + 3] * invb);
+    }
+  }
+}
+
+// grid: (ceil(n * group / 64), hkv); block: 128; dynamic shared memory PrefillSharedBytes<kD>().
+template <int kD>
+static __global__ void __launch_bounds__(kPrefillThreads) PrefillKernel(PrefillParams p) {
+  static_assert(kD % 16 == 0, "head_dim must be a multiple of 16");
+  constexpr int kStride = kD + 8;  // padded row (elements): conflict-free ldmatrix
+  constexpr int kChunks = kD / 8;  // 16-byte chunks per row
+  constexpr int kTileElems = kPrefillKeys * kStride;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* qs = reinterpret_cast<bf16*>(smem);
+  bf16* kvs = qs + kPrefillRows * kStride;  // buffer b: K rows at kvs + 2b * kTileElems, V rows after them
+  __shared__ int64_t s_kpos[2][kPrefillKeys];
+
+  const int h = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t total_rows = static_cast<int64_t>(p.n) * p.group;
+  // Row tiles in reverse launch order: the last rows see the most keys, so the longest CTAs start first.
+  const int64_t row0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * kPrefillRows;
+
+  const int run_lo = p.table.slot_runs[h], run_hi = p.table.slot_runs[h + 1];
+  const int ctx = p.table.slot_tokens[h];
+  const int64_t last_row = min(row0 + kPrefillRows - 1, total_rows - 1);
+  // Key and token indices fit int32 (the plan's token counts are int32).
+  const int num_keys = ctx + static_cast<int>(last_row / p.group) + 1;
+  const int num_tiles = (num_keys + kPrefillKeys - 1) / kPrefillKeys;
+  // Keys every row of the CTA sees: the context and the chunk's keys up to its first row's token (no window).
+  const int first_token = static_cast<int>(row0 / p.group);
+  const int seen_by_all = p.window > 0 || row0 + kPrefillRows > total_rows ? 0 : ctx + first_token + 1;
+
+  auto load_tile = [&](int64_t kt, int buf) {
+    unsigned char* kd = reinterpret_cast<unsigned char*>(kvs + 2 * buf * kTileElems);
+    LoadPrefillTile<kD, kPrefillThreads / 32>(
+        p, h, run_lo, run_hi, ctx, num_keys, kt, kd, kd + kTileElems * sizeof(bf16), s_kpos[buf],
+        [](int row, int chunk) { return static_cast<uint32_t>((row * kStride + chunk * 8) * 2); });
+  };
+  load_tile(0, 0);
+  CpAsyncCommit();
+
+  for (int i = tid; i < kPrefillRows * kChunks; i += kPrefillThreads) {
+    const int r = i / kChunks, c = i % kChunks;
+    const int64_t R = row0 + r;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (R < total_rows) {
+      const int64_t tq = R / p.group, hh = R % p.group;
+      val = *reinterpret_cast<const uint4*>(p.q + (tq * p.hq + h * p.group + hh) * kD + c * 8);
+    }
+    *reinterpret_cast<uint4*>(qs + r * kStride + c * 8) = val;
+  }
+
+  const int ra = warp * 16 + g, rb = ra + 8;  // this thread's two rows within the tile
+  const bool va = row0 + ra < total_rows, vb = row0 + rb < total_rows;
+  const int tqa = static_cast<int>((row0 + ra) / p.group), tqb = static_cast<int>((row0 + rb) / p.group);
+  // ldmatrix lane addresses: Q (A, x4: rows 0-7 / 8-15 x columns 0-7 / 8-15), K (B of two n-tiles, x4), V (B of two
+  // column tiles, x4.trans), relative to the tile and the 16-column (Q, K) or 16-key (V) step.
+  const bf16* q_lane = qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kStride + ((lane >> 4) & 1) * 8;
+  const int k_lane = ((lane >> 4) & 1) * 8 + (lane & 7), k_col = ((lane >> 3) & 1) * 8;
+  const int v_lane = ((lane >> 3) & 1) * 8 + (lane & 7), v_col = ((lane >> 4) & 1) * 8;
+
+  float o[kD / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < kD / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+  float ma = -INFINITY, mb = -INFINITY, la = 0.0f, lb = 0.0f;
+
+  for (int kt = 0; kt < num_tiles; ++kt) {
+    const int buf = kt & 1;
+    __syncthreads();  // tile kt - 1 (buffer buf ^ 1) is no longer read; Q is in shared memory
+    if (kt + 1 < num_tiles) load_tile(kt + 1, buf ^ 1);
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    __syncthreads();  // every thread's copies of tile kt have landed
+    const bf16* ks = kvs + 2 * buf * kTileElems;
+    const bf16* vs = ks + kTileElems;
+
+    // S = Q K^T: this warp's 16 rows x 64 keys, as 8 n-tiles of 16x8.
+    float s[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      uint32_t a[4];
+      LdMatrixX4(a, q_lane + kk * 16);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t b[4];
+        LdMatrixX4(b, ks + (np * 16 + k_lane) * kStride + kk * 16 + k_col);
+        MmaBf16(s[2 * np], a, b[0], b[1]);
+        MmaBf16(s[2 * np + 1], a, b[2], b[3]);
+      }
+    }
+
+    // Mask, scale and the online softmax: the wgmma kernels' code, on the same fragment layout (n-tile nt's
+    // accumulators are s[nt][0..3] here, s[4nt + 0..3] there).
+    float alpha_a, alpha_b;
+    PrefillTileSoftmax<kPrefillKeys>(p, reinterpret_cast<float(&)[kPrefillKeys / 2]>(s), kt, ctx,
+                                     num_keys, seen_by_all, tqa, tqb, va, vb, t, s_kpos[buf], ma, mb, la, lb,
+                                     alpha_a, alpha_b);
+#pragma unroll
+    for (int dt = 0; dt < kD / 8; ++dt) {
+      o[dt][0] *= alpha_a;
+      o[dt][1] *= alpha_a;
+      o[dt][2] *= alpha_b;
+      o[dt][3] *= alpha_b;
+    }
+
+    // O += P V: P (16 x 64, from the S fragments) as A, V (64 keys x d) as B.
+#pragma unroll
+    for (int kk = 0; kk < kPrefillKeys / 16; ++kk) {
+      uint32_t a[4];
+      a[0] = PackBf16x2(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = PackBf16x2(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = PackBf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = PackBf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      const bf16* vrow = vs + (kk * 16 + v_lane) * kStride + v_col;
+#pragma unroll
+      for (int dt = 0; dt < kD / 8; dt += 2) {
+        uint32_t b[4];
+        LdMatrixX4Trans(b, vrow + dt * 8);
+        MmaBf16(o[dt], a, b[0], b[1]);
+        MmaBf16(o[dt + 1], a, b[2], b[3]);
+      }
+    }
+  }
+
+  PrefillStoreRows<kD>(p, h, row0 + ra, row0 + rb, tqa, tqb, va, vb, t,
+                       reinterpret_cast<const float(&)[kD / 2]>(o), la, lb);
+}
+
+// ---- The same on Hopper: wgmma (sm_90a; head_dim 64 and 128) ---------------------------------------------------
+// PrefillKernel's tiles, loads and softmax with 128 query rows per CTA: two warpgroups of 64 rows share each K/V tile
+// (half the tile traffic per FLOP). Per warpgroup and tile: S (64 rows x 64 keys) = 8 MMAs of m64n64k16 with Q and K
+// from shared memory (K-major, 128-byte swizzle: wgmma.cuh), and O += P V
+// = 4 MMAs of m64n{kD}k16 with P from registers (the S accumulators repacked as A fragments, as PrefillKernel does)
+// and V MN-major from shared memory (its key rows as stored: the same swizzled layout as K). The accumulators have
+// PrefillKernel's fragment layout per 8-column n-tile, so the mask and the online softmax are the same code.
+constexpr int kWgPrefillRows = 128;  // query rows per CTA: two warpgroups of 64 share each K/V tile
+constexpr int kWgPrefillThreads = 256;
+constexpr int kWgPrefillStages = 2;  // K/V tiles in shared memory: one in flight while one is consumed
+
+template <int kD>
+constexpr size_t PrefillWgmmaSharedBytes() {  // + 1 KB to align the operand blocks; Q, then the K/V stages
+  return 1024 + (kWgPrefillRows + 2 * kWgPrefillStages * static_cast<size_t>(kPrefillKeys)) * kD * sizeof(bf16);
+}
+
+// One warpgroup's 64 query rows against one K/V tile of kKeys keys in swizzled shared memory, in three steps the
+// kernels schedule: the scores' MMAs, the softmax, the P V MMAs. Per thread: rows ra and rb = ra + 8 of the
+// group (token tqa / tqb, valid va / vb); scores s[4nt + 0..1] = row ra, keys 8nt + 2t ..; s[4nt + 2..3] = row rb.
+//
+// Issues S = Q K^T for a 64-key tile (q_addr: the group's Q rows; k_addr: the tile's K blocks); the caller commits
+// and waits.
+template <int kD>
+__device__ __forceinline__ void WgmmaPrefillScores(float (&s)[32], uint32_t q_addr, uint32_t k_addr) {
+  constexpr uint32_t kQBlock = kWgPrefillRows * 128;
+  constexpr uint32_t kBlock = kPrefillKeys * 128;
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    WgmmaM64N64K16(s, WgmmaDescriptor(q_addr + (kk / 4) * kQBlock + (kk % 4) * 32),
+                   WgmmaDescriptor(k_addr + (kk / 4) * kBlock + (kk % 4) * 32), kk > 0);
+  }
+}
+
+// The same with the group's Q rows in registers (qa[kk]: the A fragment of k-step kk), kKeys = 128.
+template <int kD>
+__device__ __forceinline__ void WgmmaPrefillScoresRegQ(float (&s)[64], const uint32_t (&qa)[kD / 16][4],
+                                                       uint32_t k_addr) {
+  constexpr uint32_t kBlock = 128 * 128;
+#pragma unroll
+  for (int kk = 0; kk < kD / 16; ++kk) {
+    WgmmaRegAM64N128K16(s, qa[kk], WgmmaDescriptor(k_addr + (kk / 4) * kBlock + (kk % 4) * 32), kk > 0);
+  }
+}
+
 template <int kD>
 __device__ __forceinline__ void RescalePrefillRows(float (&o)[kD / 2], float alpha_a, float alpha_b) {
 #pragma unroll
@@ -469,35 +426,6 @@ __device__ __forceinline__ void WgmmaPrefillTile(const PrefillParams& p, uint32_
   WgmmaCommit();
   WgmmaWait<0>();
   WgmmaFenceOperands(o);
-}
-
-// Normalises and stores this thread's part of rows ra and rb (CTA rows; their global rows are row_a and row_b).
-template <int kD>
-__device__ __forceinline__ void WgmmaPrefillStore(const PrefillParams& p, int h, int64_t row_a, int64_t row_b, int tqa,
-                                                  int tqb, bool va, bool vb, int t, const float (&o)[kD / 2], float la,
-                                                  float lb) {
-  la += __shfl_xor_sync(0xffffffffu, la, 1);
-  la += __shfl_xor_sync(0xffffffffu, la, 2);
-  lb += __shfl_xor_sync(0xffffffffu, lb, 1);
-  lb += __shfl_xor_sync(0xffffffffu, lb, 2);
-  const float inva = la > 0.0f ? 1.0f / la : 0.0f, invb = lb > 0.0f ? 1.0f / lb : 0.0f;
-  if (va) {
-    const int64_t hh = row_a % p.group;
-    bf16* dst = p.out + (tqa * p.hq + h * p.group + hh) * kD + 2 * t;
-#pragma unroll
-    for (int dt = 0; dt < kD / 8; ++dt) {
-      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) = __floats2bfloat162_rn(o[4 * dt] * inva, o[4 * dt + 1] * inva);
-    }
-  }
-  if (vb) {
-    const int64_t hh = row_b % p.group;
-    bf16* dst = p.out + (tqb * p.hq + h * p.group + hh) * kD + 2 * t;
-#pragma unroll
-    for (int dt = 0; dt < kD / 8; ++dt) {
-      *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
-          __floats2bfloat162_rn(o[4 * dt + 2] * invb, o[4 * dt + 3] * invb);
-    }
-  }
 }
 
 // grid: (ceil(n * group / 128), hkv); block: 256; dynamic shared memory PrefillWgmmaSharedBytes<kD>().
@@ -582,7 +510,7 @@ static __global__ void __launch_bounds__(kWgPrefillThreads, 2) PrefillWgmmaKerne
                          ma, mb, la, lb);
   }
 
-  WgmmaPrefillStore<kD>(p, h, row0 + ra, row0 + rb, tqa, tqb, va, vb, t, o, la, lb);
+  PrefillStoreRows<kD>(p, h, row0 + ra, row0 + rb, tqa, tqb, va, vb, t, o, la, lb);
 #else
   __trap();  // launched only on sm_90 devices, which run the sm_90a code
 #endif
@@ -716,7 +644,7 @@ static __global__ void __launch_bounds__(kWsPrefillThreads, 1) PrefillWsKernel(P
     WgmmaFenceOperands(o);
     if (lane == 0) MbarrierArrive(&empty[st]);
   }
-  WgmmaPrefillStore<kD>(p, h, row0 + ra, row0 + rb, tqa, tqb, va, vb, t, o, la, lb);
+  PrefillStoreRows<kD>(p, h, row0 + ra, row0 + rb, tqa, tqb, va, vb, t, o, la, lb);
 #else
   __trap();  // launched only on sm_90 devices, which run the sm_90a code
 #endif
