@@ -409,7 +409,8 @@ static __global__ void KMeansCheckKernel(int32_t* control, int64_t threshold) {
 // fp32 atomics: they serialised on the popular clusters' addresses, ~90 us per 8 x 32k points):
 //   HistogramKernel  counts[h][c] = |{i : labels[h][i] = c}|        (int atomics, one per point; or AssignKernel)
 //   ScanKernel       cursor[h][c] = counts[h][0] + ... + counts[h][c - 1]
-//   ScatterKernel    order[h][cursor[h][labels[h][i]]++] = i        (cursor[h][c] becomes the end of cluster c)
+//   ScatterKernel    order[h][cursor[h][labels[h][i]]++] = i        (cursor[h][c] becomes the end of cluster c;
+//                    ScatterRankedKernel for up to 512 clusters: one global atomic per (CTA, label))
 //   MeanKernel       centroid = mean of the members (fp32), its normalised bf16 copy for the next assignment
 // Within a cluster the order of `order` (hence of the fp32 sum) is nondeterministic.
 
@@ -474,6 +475,49 @@ static __global__ void ScatterKernel(const int32_t* labels, int32_t n, int32_t C
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int32_t pos = atomicAdd(&cursor[static_cast<int64_t>(h) * C + labels[static_cast<int64_t>(h) * n + i]], 1);
     order[static_cast<int64_t>(h) * n + pos] = static_cast<int32_t>(i);
+  }
+}
+
+// The same scatter with far fewer global atomics: a CTA ranks its kScatterPoints points per label in shared memory
+// (s_count, int atomics there), reserves each label's run of `order` with one global atomicAdd per label it holds,
+// then writes. Used while a CTA's points average at least 4 per label (C <= kScatterRankedMaxClusters): H100, 8 x
+// 32k points, the k-means round at C 400 5 % faster (update 64 -> 57 us), at C 1024 slower than ScatterKernel (128
+// CTAs each reserving ~900 labels). Dynamic shared memory 2 C int32. grid: (ceil(n / kScatterPoints), heads); block
+// kScatterThreads.
+constexpr int kScatterThreads = 256;
+constexpr int kScatterPerThread = 8;
+constexpr int kScatterPoints = kScatterThreads * kScatterPerThread;
+constexpr int kScatterRankedMaxClusters = kScatterPoints / 4;
+static __global__ void __launch_bounds__(kScatterThreads)
+    ScatterRankedKernel(const int32_t* labels, int32_t n, int32_t C, int32_t* cursor, int32_t* order,
+                        const int32_t* control) {
+  KMeansKernelStart();
+  if (KMeansStopped(control)) return;
+  extern __shared__ int32_t s_scatter[];
+  int32_t* s_count = s_scatter;  // [C]: this CTA's points per label, then (s_base) where its run of label c starts
+  int32_t* s_base = s_scatter + C;
+  const int h = blockIdx.y;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) s_count[c] = 0;
+  __syncthreads();
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kScatterPoints;
+  int32_t label[kScatterPerThread], rank[kScatterPerThread];
+#pragma unroll
+  for (int u = 0; u < kScatterPerThread; ++u) {
+    const int64_t i = first + u * kScatterThreads + threadIdx.x;
+    label[u] = i < n ? labels[static_cast<int64_t>(h) * n + i] : -1;
+    rank[u] = label[u] >= 0 ? atomicAdd(&s_count[label[u]], 1) : 0;
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    const int32_t k = s_count[c];
+    if (k > 0) s_base[c] = atomicAdd(&cursor[static_cast<int64_t>(h) * C + c], k);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int u = 0; u < kScatterPerThread; ++u) {
+    if (label[u] < 0) continue;
+    order[static_cast<int64_t>(h) * n + s_base[label[u]] + rank[u]] =
+        static_cast<int32_t>(first + u * kScatterThreads + threadIdx.x);
   }
 }
 

@@ -156,8 +156,16 @@ absl::Status UpdateImpl(const KMeansPoints& p, const int32_t* labels, int32_t C,
   if (!counted) LIVEKV_RETURN_IF_ERROR(CountImpl(p, labels, C, w.counts, control, stream));
   LIVEKV_RETURN_IF_ERROR(LaunchKernel("ScanKernel", kn::ScanKernel, dim3(static_cast<unsigned>(p.heads)),
                                       dim3(kn::kScanThreads), 0, stream, w.counts, C, w.cursor, control));
-  LIVEKV_RETURN_IF_ERROR(LaunchKernel("ScatterKernel", kn::ScatterKernel, PointGrid(p), dim3(256), 0, stream, labels, p.n,
-                                      C, w.cursor, w.order, control));
+  if (C <= kn::kScatterRankedMaxClusters) {  // 2 C int32 of shared memory: 4 KB at most
+    const dim3 grid(static_cast<unsigned>(kn::CeilDiv(p.n, kn::kScatterPoints)), static_cast<unsigned>(p.heads));
+    const size_t smem = 2 * static_cast<size_t>(C) * sizeof(int32_t);
+    LIVEKV_RETURN_IF_ERROR(LaunchKernel("ScatterRankedKernel", kn::ScatterRankedKernel, grid,
+                                        dim3(kn::kScatterThreads), smem, stream, labels, p.n, C, w.cursor, w.order,
+                                        control));
+  } else {
+    LIVEKV_RETURN_IF_ERROR(LaunchKernel("ScatterKernel", kn::ScatterKernel, PointGrid(p), dim3(256), 0, stream, labels,
+                                        p.n, C, w.cursor, w.order, control));
+  }
   switch (p.dim) {
     case 64: return LaunchMean<64>(p, C, centroids, sizes, w, control, stream);
     case 128: return LaunchMean<128>(p, C, centroids, sizes, w, control, stream);
