@@ -402,16 +402,16 @@ __device__ __forceinline__ void WgmmaPrefillPv(float (&o)[kD / 2], const uint32_
   }
 }
 
-// The three steps back to back on a 64-key tile with Q in shared memory, each MMA waited for (PrefillWgmmaKernel).
-template <int kD>
-__device__ __forceinline__ void WgmmaPrefillTile(const PrefillParams& p, uint32_t q_addr, uint32_t k_addr,
-                                                 uint32_t v_addr, int kt, int ctx, int num_keys, int seen_by_all,
-                                                 int tqa, int tqb, bool va, bool vb, int t, const int64_t* kpos,
-                                                 float (&o)[kD / 2], float& ma, float& mb, float& la, float& lb) {
-  constexpr int kKeys = kPrefillKeys;
+// The three steps back to back, each MMA waited for: `scores(s)` issues the tile's S = Q K^T (Q in shared memory or
+// in registers, kKeys keys), then the softmax and O += P V (v_addr: the tile's V blocks).
+template <int kD, int kKeys, typename Scores>
+__device__ __forceinline__ void WgmmaPrefillTile(const PrefillParams& p, Scores scores, uint32_t v_addr, int kt,
+                                                 int ctx, int num_keys, int seen_by_all, int tqa, int tqb, bool va,
+                                                 bool vb, int t, const int64_t* kpos, float (&o)[kD / 2], float& ma,
+                                                 float& mb, float& la, float& lb) {
   float s[kKeys / 2];
   WgmmaFence();
-  WgmmaPrefillScores<kD>(s, q_addr, k_addr);
+  scores(s);
   WgmmaCommit();
   WgmmaWait<0>();
   WgmmaFenceOperands(s);
@@ -506,8 +506,9 @@ static __global__ void __launch_bounds__(kWgPrefillThreads, 2) PrefillWgmmaKerne
     __syncthreads();  // every thread's copies of tile kt have landed, visible to the MMAs
     const uint32_t k_addr = kv_addr + 2 * buf * kTileBytes, v_addr = k_addr + kTileBytes;
 
-    WgmmaPrefillTile<kD>(p, q_addr, k_addr, v_addr, kt, ctx, num_keys, seen_by_all, tqa, tqb, va, vb, t, s_kpos[buf], o,
-                         ma, mb, la, lb);
+    WgmmaPrefillTile<kD, kPrefillKeys>(
+        p, [&](float (&s)[kPrefillKeys / 2]) { WgmmaPrefillScores<kD>(s, q_addr, k_addr); }, v_addr, kt, ctx, num_keys,
+        seen_by_all, tqa, tqb, va, vb, t, s_kpos[buf], o, ma, mb, la, lb);
   }
 
   PrefillStoreRows<kD>(p, h, row0 + ra, row0 + rb, tqa, tqb, va, vb, t, o, la, lb);
@@ -625,23 +626,9 @@ static __global__ void __launch_bounds__(kWsPrefillThreads, 1) PrefillWsKernel(P
     MbarrierWait(&full[st], static_cast<uint32_t>((kt / kStages) & 1));
     FenceProxyAsync();  // the producer's copies, seen through the barrier, before the MMAs read them
     const uint32_t k_addr = kv_addr + 2 * st * kTileBytes, v_addr = k_addr + kTileBytes;
-    float s[kKeys / 2];
-    WgmmaFence();
-    WgmmaPrefillScoresRegQ<kD>(s, qa, k_addr);
-    WgmmaCommit();
-    WgmmaWait<0>();
-    WgmmaFenceOperands(s);
-    float alpha_a, alpha_b;
-    PrefillTileSoftmax<kKeys>(p, s, kt, ctx, num_keys, seen_by_all, tqa, tqb, va, vb, t, s_kpos[st], ma, mb, la, lb,
-                              alpha_a, alpha_b);
-    RescalePrefillRows<kD>(o, alpha_a, alpha_b);
-    uint32_t pa[kKeys / 16][4];
-    PackPrefillP<kKeys>(s, pa);
-    WgmmaFence();
-    WgmmaPrefillPv<kD, kKeys>(o, pa, v_addr);
-    WgmmaCommit();
-    WgmmaWait<0>();
-    WgmmaFenceOperands(o);
+    WgmmaPrefillTile<kD, kKeys>(
+        p, [&](float (&s)[kKeys / 2]) { WgmmaPrefillScoresRegQ<kD>(s, qa, k_addr); }, v_addr, kt, ctx, num_keys,
+        seen_by_all, tqa, tqb, va, vb, t, s_kpos[st], o, ma, mb, la, lb);
     if (lane == 0) MbarrierArrive(&empty[st]);
   }
   PrefillStoreRows<kD>(p, h, row0 + ra, row0 + rb, tqa, tqb, va, vb, t, o, la, lb);

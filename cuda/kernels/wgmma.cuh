@@ -33,7 +33,6 @@ namespace kernels {
 // Byte offset of chunk c (0-7) of row r in a 128-byte-swizzled column block.
 __device__ __forceinline__ uint32_t Swizzle128(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
 
-
 // The calling thread's warpgroup (threadIdx.x / 128) as a value the compiler knows to be uniform over the warp (a
 // shuffle from lane 0): the operand addresses and descriptors derived from it are then computed once per warp in
 // uniform registers, instead of per thread and moved over (R2UR) before every wgmma.

@@ -156,30 +156,28 @@ size_t CounterBytes(int32_t num_items, int32_t group) {
   return Align256(static_cast<size_t>(num_items) * ((group + 7) / 8) * sizeof(int32_t));
 }
 
-template <int kD>
-absl::Status LaunchPrefillWgmma(const kn::PrefillParams& p, cudaStream_t stream) {
-  constexpr size_t smem = kn::PrefillWgmmaSharedBytes<kD>();
-  LIVEKV_RETURN_IF_ERROR(CudaStatus(cudaFuncSetAttribute(kn::PrefillWgmmaKernel<kD>,
-                                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                         static_cast<int>(smem)),
-                                    "cudaFuncSetAttribute(PrefillWgmmaKernel)"));
+// The wgmma prefill kernels: 128 query rows per CTA, grid (row tiles, KV heads), `smem` bytes of dynamic shared memory.
+absl::Status LaunchPrefillOnWgmma(void (*kernel)(kn::PrefillParams), const char* name, size_t smem, int threads,
+                                  const kn::PrefillParams& p, cudaStream_t stream) {
+  LIVEKV_RETURN_IF_ERROR(CudaStatus(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+      absl::StrCat("cudaFuncSetAttribute(", name, ")")));
   const int64_t rows = static_cast<int64_t>(p.n) * p.group;
   dim3 grid(static_cast<unsigned>(kn::CeilDiv(rows, kn::kWgPrefillRows)), static_cast<unsigned>(p.hkv));
-  kn::PrefillWgmmaKernel<kD><<<grid, kn::kWgPrefillThreads, smem, stream>>>(p);
-  return LaunchStatus("PrefillWgmmaKernel");
+  kernel<<<grid, threads, smem, stream>>>(p);
+  return LaunchStatus(name);
+}
+
+template <int kD>
+absl::Status LaunchPrefillWgmma(const kn::PrefillParams& p, cudaStream_t stream) {
+  return LaunchPrefillOnWgmma(kn::PrefillWgmmaKernel<kD>, "PrefillWgmmaKernel", kn::PrefillWgmmaSharedBytes<kD>(),
+                              kn::kWgPrefillThreads, p, stream);
 }
 
 template <int kD>
 absl::Status LaunchPrefillWs(const kn::PrefillParams& p, cudaStream_t stream) {
-  constexpr size_t smem = kn::PrefillWsSharedBytes<kD>();
-  LIVEKV_RETURN_IF_ERROR(CudaStatus(cudaFuncSetAttribute(kn::PrefillWsKernel<kD>,
-                                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                         static_cast<int>(smem)),
-                                    "cudaFuncSetAttribute(PrefillWsKernel)"));
-  const int64_t rows = static_cast<int64_t>(p.n) * p.group;
-  dim3 grid(static_cast<unsigned>(kn::CeilDiv(rows, kn::kWgPrefillRows)), static_cast<unsigned>(p.hkv));
-  kn::PrefillWsKernel<kD><<<grid, kn::kWsPrefillThreads, smem, stream>>>(p);
-  return LaunchStatus("PrefillWsKernel");
+  return LaunchPrefillOnWgmma(kn::PrefillWsKernel<kD>, "PrefillWsKernel", kn::PrefillWsSharedBytes<kD>(),
+                              kn::kWsPrefillThreads, p, stream);
 }
 
 template <int kD>
